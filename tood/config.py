@@ -1,0 +1,387 @@
+"""Typed, frozen run configuration built from params.yaml.
+
+params.yaml layout (see the file itself for every value and its source):
+
+    alpha, beta          top-level: the headline TOOD run's TAL exponents (t = s^alpha * u^beta, paper Eq. 9)
+    seeds                list of seeds every variant is trained with
+    shapes               generator settings of the embedded synthetic dataset
+    data, model, assign, loss, optim, train, eval    shared sections, one dataclass each
+    headline             overrides for the headline `tood` variant (its alpha/beta come from the top level)
+    variants             {name: overrides}, one entry per paper ablation cell
+
+A variant's overrides are flat keys of `model` or `assign` (e.g. `head: parallel`, `assigner: atss`,
+`alpha: 0.5`). Loading is strict, as nanoGPT's configurator is: an unknown key, a wrong type or an
+out-of-range value raises ConfigError naming the key path, the value and what is allowed, before any
+work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+HEADLINE = "tood"  # name of the headline variant; its alpha/beta are the top-level params
+
+
+class ConfigError(ValueError):
+    """A params file is invalid; the message names the key path, the value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class ShapesConfig:
+    seed: int = 0  # generator seed: same seed -> byte-identical annotation JSON and images
+    num_train: int = 256
+    num_val: int = 64
+    image_size: int = 128  # square canvas side in pixels
+    num_classes: int = 6
+    max_objects: int = 12  # per image; crowding is drawn from 1..max_objects
+    jpeg_quality: int = 90
+
+    def __post_init__(self):
+        _check_range(self, "num_train", lo=1)
+        _check_range(self, "num_val", lo=1)
+        _check_range(self, "image_size", lo=32)
+        _check_range(self, "num_classes", lo=1, hi=12)
+        _check_range(self, "max_objects", lo=1)
+        _check_range(self, "jpeg_quality", lo=1, hi=100)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: Literal["shapes", "coco2017"] = "shapes"
+    root: str = "data/shapes"  # folder holding the images and annotations/ (relative to the repo root)
+    train_images: str = "train"  # image folder under root
+    train_ann: str = "annotations/instances_train.json"
+    val_images: str = "val"
+    val_ann: str = "annotations/instances_val.json"
+    img_scale: tuple[int, int] = (1333, 800)  # (long, short) max sides, keep ratio [R: coco_detection.py]
+    size_divisor: int = 32  # pad H and W to a multiple of this [R]
+    flip_prob: float = 0.5  # horizontal flip, the only 1x augmentation [R]
+    mean: tuple[float, float, float] = (123.675, 116.28, 103.53)  # RGB, 0..255 [R]
+    std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    max_train_images: int = 0  # 0 = all; >0 keeps the first N (tiny profiles, smoke runs)
+    max_val_images: int = 0
+
+    def __post_init__(self):
+        _check_range(self, "size_divisor", lo=1)
+        _check_range(self, "flip_prob", lo=0.0, hi=1.0)
+        _check_range(self, "max_train_images", lo=0)
+        _check_range(self, "max_val_images", lo=0)
+        if min(self.img_scale) < 32:
+            raise ConfigError(f"data.img_scale: {list(self.img_scale)} is too small; both sides must be >= 32")
+        if min(self.std) <= 0:
+            raise ConfigError(f"data.std: {list(self.std)}; every entry must be > 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    depth: Literal[18, 34, 50, 101] = 50  # torchvision ResNet depth
+    pretrained: bool = False  # ImageNet weights through torchvision's weights API (needs network or cache)
+    frozen_stages: int = 1  # with pretrained weights: stem + stage 1 frozen, BN frozen [R]; ignored from scratch
+    fpn_channels: int = 256  # FPN and head width F [R]
+    head: Literal["tood", "parallel"] = "tood"  # T-Head (paper Fig. 3b) or the ATSS-style parallel head (3a)
+    stacked_convs: int = 6  # N task-interactive convs of the T-Head [P §3.1]; parallel head uses 4 per tower
+    la_reduction: int = 8  # layer-attention reduction, fc1: N*F -> N*F/8 [R]
+    gn_groups: int = 32  # GroupNorm groups in the head [R]
+    anchor: Literal["free", "based"] = "free"  # points + ltrb distances, or 8*stride square + delta-xywh [R]
+
+    def __post_init__(self):
+        _check_range(self, "frozen_stages", lo=-1, hi=4)
+        _check_range(self, "fpn_channels", lo=1)
+        _check_range(self, "stacked_convs", lo=1)
+        _check_range(self, "la_reduction", lo=1)
+        _check_range(self, "gn_groups", lo=1)
+        if self.fpn_channels % self.gn_groups:
+            raise ConfigError(
+                f"model.gn_groups: {self.gn_groups} must divide model.fpn_channels ({self.fpn_channels})"
+            )
+
+
+@dataclass(frozen=True)
+class AssignConfig:
+    assigner: Literal["tal", "atss"] = "tal"  # assigner after the warm-up
+    alpha: float = 1.0  # TAL exponent on the class score (Eq. 9); reference 1.0 [P Table 4]
+    beta: float = 6.0  # TAL exponent on the IoU (Eq. 9); reference 6.0
+    topk: int = 13  # TAL top-m candidates per GT over all levels [P §4.1]
+    atss_topk: int = 9  # ATSS candidates per level [R]
+    warmup_epochs: int = 4  # ATSS assigner + focal loss for the first epochs: official `initial_epoch`, not in paper
+
+    def __post_init__(self):
+        _check_range(self, "alpha", lo=0.0)
+        _check_range(self, "beta", lo=0.0)
+        _check_range(self, "topk", lo=1)
+        _check_range(self, "atss_topk", lo=1)
+        _check_range(self, "warmup_epochs", lo=0)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    cls_weight: float = 1.0  # [R]
+    box_weight: float = 2.0  # GIoU weight [R]
+    focal_alpha: float = 0.25  # warm-up / ATSS focal loss [R]
+    focal_gamma: float = 2.0
+    qfl_beta: float = 2.0  # exponent on |t_hat - s| in the task-aligned cls loss (Eq. 11 gamma) [R]
+
+    def __post_init__(self):
+        for name in ("cls_weight", "box_weight", "focal_gamma", "qfl_beta"):
+            _check_range(self, name, lo=0.0)
+        _check_range(self, "focal_alpha", lo=0.0, hi=1.0)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 0.01  # at base_batch; scaled linearly with the global batch [R: 0.01 at 16, overriding mmdet's 0.02]
+    base_batch: int = 16
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 500  # linear warm-up [R]
+    warmup_ratio: float = 0.001  # start factor of the warm-up [R]
+    steps: tuple[int, ...] = (8, 11)  # lr x0.1 after these epochs [R: 1x schedule]
+    gamma: float = 0.1
+    grad_clip: float = 0.0  # 0 = off (reference has none)
+
+    def __post_init__(self):
+        _check_range(self, "lr", lo=0.0, lo_open=True)
+        _check_range(self, "base_batch", lo=1)
+        _check_range(self, "momentum", lo=0.0, hi=1.0)
+        _check_range(self, "weight_decay", lo=0.0)
+        _check_range(self, "warmup_iters", lo=0)
+        _check_range(self, "warmup_ratio", lo=0.0, hi=1.0)
+        _check_range(self, "gamma", lo=0.0, hi=1.0)
+        _check_range(self, "grad_clip", lo=0.0)
+        if any(s < 0 for s in self.steps) or list(self.steps) != sorted(self.steps):
+            raise ConfigError(f"optim.steps: {list(self.steps)}; must be non-negative epochs in increasing order")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 12
+    batch_size: int = 16  # global batch (summed over ranks)
+    num_workers: int = 0  # DataLoader workers; 0 decodes in the main process
+    cache_images: bool = False  # decode the whole (small) train set into memory once
+    amp: Literal["off", "bf16", "fp16"] = "off"  # autocast for backbone+head; assignment and losses stay fp32
+    channels_last: bool = False
+    num_threads: int = 0  # torch intra-op threads, 0 = torch default
+    log_every: int = 10  # iterations between MLflow metric logs
+
+    def __post_init__(self):
+        _check_range(self, "epochs", lo=1)
+        _check_range(self, "batch_size", lo=1)
+        _check_range(self, "num_workers", lo=0)
+        _check_range(self, "num_threads", lo=0)
+        _check_range(self, "log_every", lo=1)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    score_thr: float = 0.05  # [R test_cfg]
+    nms_iou: float = 0.6
+    nms_pre: int = 1000  # top-k per level before NMS
+    max_per_img: int = 100
+    batch_size: int = 8
+
+    def __post_init__(self):
+        _check_range(self, "score_thr", lo=0.0, hi=1.0)
+        _check_range(self, "nms_iou", lo=0.0, hi=1.0)
+        _check_range(self, "nms_pre", lo=1)
+        _check_range(self, "max_per_img", lo=1)
+        _check_range(self, "batch_size", lo=1)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    variant: str
+    seeds: tuple[int, ...] = (0,)
+    shapes: ShapesConfig = field(default_factory=ShapesConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    assign: AssignConfig = field(default_factory=AssignConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self):
+        if not self.seeds:
+            raise ConfigError("seeds: [] is empty; give at least one integer seed")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Every resolved hyperparameter as {"model.head": "tood", ...} (for MLflow params)."""
+        return _flatten(self.to_dict())
+
+    def save(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        """Read a resolved config written by `save` (round-trips to an equal object)."""
+        return from_dict(cls, json.loads(Path(path).read_text()), str(path))
+
+
+_SECTIONS = ("shapes", "data", "model", "assign", "loss", "optim", "train", "eval")
+_TOP_LEVEL = {"alpha", "beta", "seeds", "headline", "variants", *_SECTIONS}
+
+
+def load_params(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        params = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(params).__name__}")
+    unknown = sorted(set(params) - _TOP_LEVEL)
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key '{unknown[0]}'; allowed: {sorted(_TOP_LEVEL)}")
+    return params
+
+
+def variant_names(params: dict[str, Any]) -> list[str]:
+    """The headline variant followed by every ablation variant, in params.yaml order."""
+    return [HEADLINE, *(params.get("variants") or {})]
+
+
+def load_run_config(path: str | Path, variant: str) -> RunConfig:
+    """Merge the shared sections of params.yaml with one variant's overrides and validate them."""
+    params = load_params(path)
+    return resolve_run_config(params, variant, where=str(path))
+
+
+def resolve_run_config(params: dict[str, Any], variant: str, where: str = "params") -> RunConfig:
+    variants = params.get("variants") or {}
+    if not isinstance(variants, dict):
+        raise ConfigError(f"{where}: variants must be a mapping of name -> overrides")
+    if HEADLINE in variants:
+        raise ConfigError(f"{where}: variants.{HEADLINE}: '{HEADLINE}' is the headline; configure it under `headline`")
+    if variant == HEADLINE:
+        overrides, key_prefix = dict(params.get("headline") or {}), "headline"
+        for k in ("alpha", "beta"):
+            if k in overrides:
+                raise ConfigError(f"{where}: headline.{k}: set the top-level `{k}` instead (it drives this run)")
+            if k not in params:
+                raise ConfigError(f"{where}: top-level `{k}` is missing; it drives the headline TOOD run")
+            overrides[k] = params[k]
+    elif variant in variants:
+        overrides, key_prefix = dict(variants[variant] or {}), f"variants.{variant}"
+    else:
+        raise ConfigError(f"{where}: unknown variant '{variant}'; known: {variant_names(params)}")
+
+    sections = {name: dict(params.get(name) or {}) for name in _SECTIONS}
+    model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
+    assign_keys = {f.name for f in dataclasses.fields(AssignConfig)}
+    for key, value in overrides.items():
+        if key in model_keys:
+            sections["model"][key] = value
+        elif key in assign_keys:
+            sections["assign"][key] = value
+        else:
+            raise ConfigError(
+                f"{where}: {key_prefix}.{key}: unknown override; allowed: {sorted(model_keys | assign_keys)}"
+            )
+    raw = {"variant": variant, "seeds": params.get("seeds", [0]), **sections}
+    return from_dict(RunConfig, raw, where)
+
+
+# ---------------------------------------------------------------------------------------------------
+# strict dict -> dataclass conversion
+
+
+def from_dict(cls: type, raw: Any, where: str, prefix: str = "") -> Any:
+    """Build dataclass `cls` from `raw`, rejecting unknown keys and wrong types with the key path."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {prefix or cls.__name__}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"{where}: {key}: unknown key; allowed: {sorted(names)}")
+    kwargs = {}
+    for name, value in raw.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _convert(hints[name], value, where, key)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _convert(tp: Any, value: Any, where: str, key: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where, key)
+    if origin is Literal:
+        if value not in args or isinstance(value, bool) != any(isinstance(a, bool) for a in args):
+            raise ConfigError(f"{where}: {key}: {value!r} is not allowed; choose one of {list(args)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: {key}: {value!r} should be a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, where, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: {key}: {list(value)} should have {len(args)} entries")
+        return tuple(_convert(a, v, where, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin in (typing.Union, types.UnionType):
+        for a in args:
+            try:
+                return _convert(a, value, where, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: {key}: {value!r} should be one of {args}")
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: {key}: {value!r} should be a number")
+        return float(value)  # `-S alpha=1` writes an int; store 1.0 so runs compare equal
+    if tp is bool or tp is int or tp is str:
+        if type(value) is not tp:
+            raise ConfigError(f"{where}: {key}: {value!r} should be {tp.__name__}")
+        return value
+    raise TypeError(f"unsupported config type {tp} at {key}")
+
+
+def _check_range(obj: Any, name: str, lo=None, hi=None, lo_open: bool = False) -> None:
+    value = getattr(obj, name)
+    section = _SECTION_OF.get(type(obj).__name__, type(obj).__name__)
+    bad = (lo is not None and (value <= lo if lo_open else value < lo)) or (hi is not None and value > hi)
+    if bad:
+        lo_s = "" if lo is None else (f"> {lo}" if lo_open else f">= {lo}")
+        hi_s = "" if hi is None else f"<= {hi}"
+        allowed = " and ".join(s for s in (lo_s, hi_s) if s)
+        raise ConfigError(f"{section}.{name}: {value!r} is out of range; must be {allowed}")
+
+
+_SECTION_OF = {
+    "ShapesConfig": "shapes",
+    "DataConfig": "data",
+    "ModelConfig": "model",
+    "AssignConfig": "assign",
+    "LossConfig": "loss",
+    "OptimConfig": "optim",
+    "TrainConfig": "train",
+    "EvalConfig": "eval",
+}
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = list(v) if isinstance(v, tuple) else v
+    return out
