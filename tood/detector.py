@@ -1,0 +1,163 @@
+"""The one-stage detector: backbone + FPN + head, the training loss and test-time post-processing.
+
+Glossary used across tood/ (STYLE.md B4):
+    B batch, A priors summed over levels, A_l priors at level l, G padded GTs per image, C classes,
+    K top-k, L levels (P3-P7, strides 8..128), N stacked head convs, F feature channels, H, W map size.
+Boxes are xyxy absolute pixels unless a suffix says otherwise; labels are 0-based, background is C.
+
+The ablation switches are each read in exactly one place: `build_head` (head), the heads' constructor
+(anchor type), `choose_assigner` (assigner and the ATSS warm-up). Nothing here branches on the head type:
+both heads return the same HeadOutput.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import batched_nms
+
+from tood.assigners import atss_assign, choose_assigner, tal_assign
+from tood.backbone import build_backbone
+from tood.config import AssignConfig, EvalConfig, LossConfig, ModelConfig
+from tood.heads import HeadOutput, build_head
+from tood.losses import atss_loss, tal_loss
+from tood.priors import Priors, make_priors
+
+STRIDES = (8, 16, 32, 64, 128)  # P3-P7 [R]
+
+
+@dataclass
+class Detections:
+    """Final detections of one image, in the original image's pixels."""
+
+    boxes: Tensor  # (K, 4) xyxy
+    scores: Tensor  # (K,)
+    labels: Tensor  # (K,) long, 0-based
+
+
+class Detector(nn.Module):
+    def __init__(self, cfg: ModelConfig, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.backbone = build_backbone(cfg)  # ResNet + FPN -> 5 maps
+        self.head = build_head(cfg, num_classes)
+
+    def forward(self, images: Tensor) -> HeadOutput:
+        """images (B, 3, H, W), H and W multiples of 32 -> HeadOutput over all A priors."""
+        feats = self.backbone(images)
+        return self.head(feats, self.priors_for(feats))
+
+    @staticmethod
+    def priors_for(feats: list[Tensor]) -> Priors:
+        sizes = [tuple(f.shape[-2:]) for f in feats]
+        return make_priors(sizes, STRIDES, device=feats[0].device)
+
+    @staticmethod
+    def priors_for_image_size(height: int, width: int, device: torch.device | str = "cpu") -> Priors:
+        """Priors of a padded input of this size. Each stride-2 stage maps n -> ceil(n / 2)."""
+        sizes = [(-(-height // s), -(-width // s)) for s in STRIDES]
+        return make_priors(sizes, STRIDES, device=device)
+
+    def compute_loss(
+        self,
+        out: HeadOutput,
+        gt_boxes: Tensor,
+        gt_labels: Tensor,
+        gt_mask: Tensor,
+        image_size: tuple[int, int],
+        *,
+        epoch: int,
+        assign_cfg: AssignConfig,
+        loss_cfg: LossConfig,
+    ) -> dict[str, Tensor]:
+        """Assign targets and compute the losses of one batch; returns each term and their sum 'loss'.
+
+        gt_boxes (B, G, 4), gt_labels (B, G), gt_mask (B, G) bool; image_size is the padded (H, W).
+        `epoch` is explicit: the first `warmup_epochs` use ATSS + focal loss, later epochs the
+        configured assigner (the official `initial_epoch`; mmdet reaches it through a hook).
+        Assignment and losses run in fp32, outside any autocast region.
+        """
+        priors = self.priors_for_image_size(*image_size, device=out.scores.device)
+        scores, boxes = out.scores.float(), out.boxes.float()
+        out = HeadOutput(scores=scores, boxes=boxes, centerness=out.centerness)
+        if choose_assigner(assign_cfg.assigner, epoch, assign_cfg.warmup_epochs) == "tal":
+            assignment = tal_assign(
+                scores.detach(), boxes.detach(), priors.points, gt_boxes, gt_labels, gt_mask,
+                alpha=assign_cfg.alpha, beta=assign_cfg.beta, topk=assign_cfg.topk,
+            )  # fmt: skip
+            losses = tal_loss(out, assignment, loss_cfg, priors.points)
+        else:
+            assignment = atss_assign(
+                priors.anchors, priors.num_per_level, gt_boxes, gt_labels, gt_mask, self.num_classes,
+                topk=assign_cfg.atss_topk,
+            )  # fmt: skip
+            losses = atss_loss(out, assignment, loss_cfg, priors.points)
+        losses["loss"] = sum(losses.values())
+        return losses
+
+    @torch.no_grad()
+    def postprocess(
+        self,
+        out: HeadOutput,
+        metas: list[dict],
+        image_size: tuple[int, int],
+        eval_cfg: EvalConfig,
+        use_centerness: bool,
+    ) -> list[Detections]:
+        """Top-k per level, score threshold, class-wise NMS, max detections; boxes in original pixels.
+
+        metas[i] needs img_size (h, w) after resize, scale_factor and flipped; image_size is the padded (H, W).
+
+        `use_centerness` multiplies the score by the predicted centerness, as the standard ATSS
+        detector does at test time [mmdet ATSSHead]; TOOD's sqrt(P*M) score is used as is [R].
+        """
+        scores = out.scores.float()  # (B, A, C)
+        if use_centerness and out.centerness is not None:
+            scores = scores * out.centerness.float().sigmoid()[..., None]
+        num_per_level = self.priors_for_image_size(*image_size).num_per_level
+        return [
+            _postprocess_image(scores[i], out.boxes[i].float(), num_per_level, metas[i], eval_cfg)
+            for i in range(scores.shape[0])
+        ]
+
+
+def _postprocess_image(
+    scores: Tensor, boxes: Tensor, num_per_level: tuple[int, ...], meta: dict, cfg: EvalConfig
+) -> Detections:
+    """scores (A, C), boxes (A, 4) in the resized image -> Detections in the original image."""
+    C = scores.shape[1]
+    keep_scores, keep_boxes, keep_labels = [], [], []
+    # mmdet's get_bboxes: per level keep (prior, class) pairs above score_thr, then the top nms_pre
+    for level_scores, level_boxes in zip(scores.split(num_per_level), boxes.split(num_per_level)):
+        flat = level_scores.reshape(-1)  # (A_l * C,)
+        candidates = (flat > cfg.score_thr).nonzero().squeeze(1)
+        if candidates.numel() > cfg.nms_pre:
+            candidates = candidates[flat[candidates].topk(cfg.nms_pre).indices]
+        keep_scores.append(flat[candidates])
+        keep_boxes.append(level_boxes[candidates // C])
+        keep_labels.append(candidates % C)
+    det_scores, det_boxes, det_labels = torch.cat(keep_scores), torch.cat(keep_boxes), torch.cat(keep_labels)
+    det_boxes = _to_original(det_boxes, meta)
+    keep = batched_nms(det_boxes, det_scores, det_labels, cfg.nms_iou)[: cfg.max_per_img]  # class-wise NMS
+    return Detections(boxes=det_boxes[keep], scores=det_scores[keep], labels=det_labels[keep])
+
+
+def _to_original(boxes: Tensor, meta: dict) -> Tensor:
+    """Clip to the resized image (before padding), then undo the resize and any flip."""
+    h, w = meta["img_size"]
+    boxes = torch.stack(
+        (boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h), boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)), 1
+    )
+    if meta.get("flipped", False):
+        boxes = torch.stack((w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]), 1)
+    sx, sy = _scale_xy(meta["scale_factor"])
+    return boxes / boxes.new_tensor([sx, sy, sx, sy])
+
+
+def _scale_xy(scale_factor) -> tuple[float, float]:
+    if isinstance(scale_factor, (int, float)):
+        return float(scale_factor), float(scale_factor)
+    sx, sy = scale_factor[:2]
+    return float(sx), float(sy)
