@@ -1,0 +1,116 @@
+"""params.yaml -> typed config: strict keys, types and ranges; round trip of the resolved config."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tood.config import (
+    HEADLINE,
+    ConfigError,
+    RunConfig,
+    load_params,
+    load_run_config,
+    resolve_run_config,
+    variant_names,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = REPO / "params.yaml"
+
+
+def _params() -> dict:
+    return yaml.safe_load(PARAMS.read_text())
+
+
+def _resolve(params: dict, variant: str = HEADLINE) -> RunConfig:
+    return resolve_run_config(params, variant, where="params.yaml")
+
+
+def test_every_variant_of_the_repo_params_loads():
+    params = load_params(PARAMS)
+    names = variant_names(params)
+    assert names[0] == HEADLINE and len(names) == len(set(names))
+    for name in names:
+        cfg = load_run_config(PARAMS, name)
+        assert cfg.variant == name
+
+
+def test_headline_takes_top_level_alpha_beta_and_cells_keep_their_own():
+    params = _params()
+    params["alpha"], params["beta"] = 0.5, 4
+    headline = _resolve(params)
+    assert (headline.assign.alpha, headline.assign.beta) == (0.5, 4.0)
+    assert isinstance(headline.assign.beta, float)  # `-S beta=4` writes an int; it is stored as 4.0
+    cell = _resolve(params, "a1.5_b8")
+    assert (cell.assign.alpha, cell.assign.beta) == (1.5, 8.0)
+    assert _resolve(params, "parallel_atss").assign.alpha == params["assign"]["alpha"]
+
+
+def test_variant_overrides_route_to_model_and_assign():
+    cfg = _resolve(_params(), "ab_parallel_atss")
+    assert (cfg.model.head, cfg.model.anchor, cfg.assign.assigner) == ("parallel", "based", "atss")
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = _resolve(_params(), "a0.5_b2")
+    cfg.save(tmp_path / "config.json")
+    again = RunConfig.load(tmp_path / "config.json")
+    assert again == cfg
+    assert again.data.img_scale == cfg.data.img_scale and isinstance(again.data.img_scale, tuple)
+    flat = cfg.flat()
+    assert flat["assign.alpha"] == 0.5 and flat["model.head"] == "tood" and flat["data.img_scale"] == [128, 128]
+
+
+@pytest.mark.parametrize(
+    ("edit", "needles"),
+    [
+        (lambda p: p.update(alpha=-1.0), ["assign.alpha", "-1.0", ">= 0.0"]),
+        (lambda p: p.update(beta="six"), ["assign.beta", "'six'", "number"]),
+        (lambda p: p["optim"].update(lr=-0.01), ["optim.lr", "-0.01", "> 0.0"]),
+        (lambda p: p["optim"].update(lr=0), ["optim.lr", "0", "> 0.0"]),
+        (lambda p: p["model"].update(head="retina"), ["model.head", "'retina'", "'tood'", "'parallel'"]),
+        (lambda p: p["variants"]["thead_atss"].update(assigner="simota"), ["assign.assigner", "'simota'", "'atss'"]),
+        (lambda p: p["model"].update(anchor="both"), ["model.anchor", "'both'", "'free'", "'based'"]),
+        (lambda p: p["model"].update(depth=152), ["model.depth", "152", "18"]),
+        (lambda p: p["model"].update(pretrained="yes"), ["model.pretrained", "'yes'", "bool"]),
+        (lambda p: p["train"].update(epochs=2.5), ["train.epochs", "2.5", "int"]),
+        (lambda p: p["train"].update(epochs=True), ["train.epochs", "True", "int"]),
+        (lambda p: p["train"].update(batchsize=8), ["train.batchsize", "unknown key"]),
+        (lambda p: p["data"].update(img_scale=[128]), ["data.img_scale", "2 entries"]),
+        (lambda p: p["optim"].update(steps=[11, 8]), ["optim.steps", "increasing"]),
+        (lambda p: p["variants"]["a1_b8"].update(alpah=2.0), ["variants.a1_b8.alpah", "unknown override"]),
+        (lambda p: p["headline"].update(alpha=2.0), ["headline.alpha", "top-level"]),
+        (lambda p: p.update(seeds=[]), ["seeds", "empty"]),
+        (lambda p: p.update(extra=1), ["extra", "unknown top-level key"]),
+        (lambda p: p["model"].update(gn_groups=7), ["model.gn_groups", "7", "fpn_channels"]),
+    ],
+)
+def test_bad_values_are_rejected_with_key_value_and_allowed(tmp_path, edit, needles):
+    params = _params()
+    edit(params)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError) as err:
+        for name in variant_names(load_params(path)):
+            load_run_config(path, name)
+    message = str(err.value)
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_unknown_variant_and_missing_file_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="unknown variant 'nope'.*tood"):
+        load_run_config(PARAMS, "nope")
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("alpha: [1,\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_params(tmp_path / "bad.yaml")
+
+
+def test_configs_are_frozen():
+    cfg = _resolve(_params())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.assign.alpha = 3.0  # type: ignore[misc]
