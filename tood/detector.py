@@ -152,7 +152,7 @@ def _to_original(boxes: Tensor, meta: dict) -> Tensor:
     )
     if meta.get("flipped", False):
         boxes = torch.stack((w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]), 1)
-    sx, sy = _scale_xy(meta["scale_factor"])
+    sx, sy = _scale_xy(meta.get("scale_xy", meta["scale_factor"]))  # per-axis: sides are rounded
     return boxes / boxes.new_tensor([sx, sy, sx, sy])
 
 
