@@ -1,0 +1,339 @@
+"""MLflow tracking: one run per training run (evaluation resumes it), in a store pinned to the repo root.
+
+Where runs go (reference/dvc-mlflow.md §2-3, gotchas 10-18):
+    $MLFLOW_TRACKING_URI if set (e.g. http://127.0.0.1:5000 or sqlite:////abs/path.db), else
+    sqlite:///<root>/mlflow.db with root = $DVC_ROOT (DVC sets it to the MAIN repo even for queued
+    experiments, which run in temporary copies) or the repo holding this package. MLflow's own default
+    is relative to the working directory, so queued runs would vanish with their temp dirs.
+    For a sqlite store the experiment's artifacts live beside the DB file (<root>/mlartifacts for the
+    default); an http(s) server decides its own artifact location.
+The experiment is tagged mlflow.experimentKind=custom_model_development, so the MLflow 3.17 UI opens
+on the runs table instead of its GenAI views. Telemetry is off unless the user opted in explicitly.
+
+`import mlflow` costs ~1.5 s, so it is imported inside the functions that need it: importing this
+module (and tood.train) stays cheap for code paths that do not track.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import mlflow
+
+    from tood.config import DataConfig, RunConfig
+
+EXPERIMENT = "tood-ablations"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HEALTH_TIMEOUT_S = 5.0  # MLflow's own client retries an unreachable server for minutes
+_QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1", "GIT_PYTHON_REFRESH": "quiet"}
+_EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+# short top-level params, so the UI and search filters can say params.alpha instead of params.`assign.alpha`
+_PARAM_ALIASES = {
+    "alpha": "assign.alpha",
+    "beta": "assign.beta",
+    "head": "model.head",
+    "assigner": "assign.assigner",
+    "anchor": "model.anchor",
+}
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message says which one and how to fix it."""
+
+
+def tracking_root() -> Path:
+    """$DVC_ROOT (the main repo, also inside `dvc exp run --queue` temp copies) or this package's repo."""
+    return Path(os.environ.get("DVC_ROOT") or REPO_ROOT).resolve()
+
+
+def configure_tracking() -> str:
+    """Point MLflow at the pipeline's store and make sure the experiment exists; returns the tracking URI.
+
+    Raises:
+        TrackingError: an http(s) $MLFLOW_TRACKING_URI does not answer within HEALTH_TIMEOUT_S.
+    """
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)  # before `import mlflow`: GitPython reads its variable at import
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{tracking_root() / 'mlflow.db'}"
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    _ensure_experiment(_artifact_location(uri))
+    return uri
+
+
+def check_server(uri: str, timeout: float = HEALTH_TIMEOUT_S) -> None:
+    """GET <uri>/health once; any HTTP answer counts as reachable (MLflow then reports auth/API errors)."""
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError, ValueError) as e:  # refused, DNS, timeout, malformed URL
+        reason = getattr(e, "reason", e)
+        raise TrackingError(
+            f"MLflow tracking server {uri} is unreachable ({reason}). Either start it, e.g.\n"
+            f"  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri "
+            f"sqlite:///mlflow.db --host 127.0.0.1 --port {_port(uri)} "
+            f"--workers 1\nor unset MLFLOW_TRACKING_URI to log to the local store "
+            f"sqlite:///{tracking_root() / 'mlflow.db'}."
+        ) from None
+
+
+def _port(uri: str) -> int:
+    try:
+        return urllib.parse.urlsplit(uri).port or 5000
+    except ValueError:
+        return 5000
+
+
+def _artifact_location(uri: str) -> str | None:
+    if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
+        return None
+    db_path = Path(uri.removeprefix("sqlite:///")).resolve()  # 4 slashes = absolute, 3 = relative to cwd
+    return (db_path.parent / "mlartifacts").as_uri()
+
+
+def _ensure_experiment(artifact_location: str | None) -> None:
+    """Create (or restore) EXPERIMENT with its UI tag and make it the active experiment."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    if exp is None:
+        try:
+            client.create_experiment(EXPERIMENT, artifact_location=artifact_location, tags=_EXPERIMENT_TAGS)
+        except MlflowException:  # another process (a DVC queue worker) created it first
+            if client.get_experiment_by_name(EXPERIMENT) is None:
+                raise
+        exp = client.get_experiment_by_name(EXPERIMENT)
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    for key, value in _EXPERIMENT_TAGS.items():
+        if exp.tags.get(key) != value:
+            client.set_experiment_tag(exp.experiment_id, key, value)
+    mlflow.set_experiment(experiment_id=exp.experiment_id)
+
+
+# ---------------------------------------------------------------------------------------------------
+# runs
+
+
+def start_run(
+    cfg: RunConfig, seed: int, run_id: str | None = None, data_root: str | Path | None = None
+) -> mlflow.ActiveRun:
+    """Start the MLflow run of one (variant, seed) training run, or resume `run_id`.
+
+    A new run is named "<variant>/seed<k>" and gets every resolved hyperparameter (`run_params`) and
+    the provenance tags of `run_tags`. Resuming (a killed training continuing, or evaluation adding to
+    the training run) logs nothing new; if `run_id` is not in this store (e.g. the DB was deleted but
+    the checkpoint kept), a warning is issued and a new run is started, tagged resumed_from=<run_id>.
+    Use the result as a context manager, or end it with `end_run`.
+    """
+    uri = configure_tracking()
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    extra_tags = {}
+    if run_id is not None:
+        try:
+            return mlflow.start_run(run_id=run_id)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            warnings.warn(f"MLflow run {run_id} is not in {uri}; starting a new run", stacklevel=2)
+            extra_tags["resumed_from"] = run_id
+    # provenance only for new runs: hashing COCO's annotation json takes ~1 s
+    tags = {**run_tags(cfg, seed, data_root), **extra_tags}
+    active = mlflow.start_run(run_name=f"{cfg.variant}/seed{seed}", tags=tags)
+    try:
+        mlflow.log_params(run_params(cfg, seed))
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    return active
+
+
+def end_run(status: str = "FINISHED") -> None:
+    import mlflow
+
+    mlflow.end_run(status=status)
+
+
+def run_params(cfg: RunConfig, seed: int) -> dict[str, str]:
+    """cfg.flat() + seed + short aliases, as strings rendered one way for every run.
+
+    Floats are repr(float) ("1.0" whether params.yaml said 1 or 1.0: `dvc exp run -S alpha=1` writes an
+    int, gotcha 18), ints str(), bools/None/lists JSON ("true", "[1333, 800]").
+    """
+    params = {key: _param_str(value) for key, value in cfg.flat().items()}
+    params["seed"] = str(int(seed))
+    for alias, key in _PARAM_ALIASES.items():
+        params[alias] = params[key]
+    return params
+
+
+def _param_str(value: Any) -> str:
+    if isinstance(value, bool) or value is None or isinstance(value, (list, tuple, dict)):
+        return json.dumps(list(value) if isinstance(value, tuple) else value)
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def run_tags(cfg: RunConfig, seed: int, data_root: str | Path | None = None) -> dict[str, str]:
+    """Provenance tags: variant, seed, paper rows, git commit + dirty flag, dataset, DVC stage/experiment."""
+    commit, dirty = git_state(REPO_ROOT)
+    tags = {
+        "variant": cfg.variant,
+        "seed": str(int(seed)),
+        "git.commit": commit,
+        "git.dirty": dirty,
+        "dataset": cfg.data.dataset,
+        "dataset.fingerprint": dataset_fingerprint(cfg.data, data_root),
+        "dvc.exp_name": os.environ.get("DVC_EXP_NAME") or "(repro)",
+        "dvc.stage": os.environ.get("DVC_STAGE") or "manual",
+    }
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        tags["dvc.baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
+    rows = _paper_rows(cfg)
+    if rows:
+        tags["paper.rows"] = "; ".join(rows)  # e.g. "Table 1: T-Head + TAL; Table 6: T-Head + TAL"
+        tags["paper.tables"] = ", ".join(sorted({row.split(":")[0].strip() for row in rows}))
+    return tags
+
+
+def _paper_rows(cfg: RunConfig) -> list[str]:
+    """The paper rows a variant reproduces, from tood.paper.paper_rows_for when that exists (it is optional)."""
+    try:
+        paper = importlib.import_module("tood.paper")
+    except ModuleNotFoundError as e:
+        if e.name == "tood.paper":
+            return []
+        raise
+    rows_for = getattr(paper, "paper_rows_for", None)
+    if rows_for is None:
+        return []
+    try:
+        return [str(row) for row in rows_for(cfg.variant, alpha=cfg.assign.alpha, beta=cfg.assign.beta)]
+    except Exception as e:  # noqa: BLE001 -- a missing tag must never stop a training run
+        warnings.warn(
+            f"tood.paper.paper_rows_for({cfg.variant!r}) failed: {e!r}; no paper.rows tag", stacklevel=3
+        )
+        return []
+
+
+def git_state(repo: Path) -> tuple[str, str]:
+    """(HEAD commit, "true"/"false" for uncommitted changes to tracked files); ("unknown", "unknown") without git."""
+    try:
+        commit = _git(repo, "rev-parse", "HEAD")
+        status = _git(repo, "status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", "unknown"
+    return commit, "true" if status else "false"
+
+
+def _git(repo: Path, *args: str) -> str:
+    out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True, timeout=10)
+    return out.stdout.strip()
+
+
+def dataset_fingerprint(data: DataConfig, data_root: str | Path | None = None) -> str:
+    """First 16 hex chars of sha256(train annotation bytes + val annotation bytes); "missing" if absent.
+
+    The data root is `data_root` if given, else data.root (absolute, or relative to the working
+    directory, $DVC_ROOT or the repo root: the first that holds the annotations).
+    """
+    root = _find_data_root(data, data_root)
+    files = [root / data.train_ann, root / data.val_ann]
+    if not all(f.is_file() for f in files):
+        return "missing"
+    digest = hashlib.sha256()
+    for f in files:
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):  # COCO train json is ~450 MB
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _find_data_root(data: DataConfig, data_root: str | Path | None) -> Path:
+    if data_root is not None:
+        return Path(data_root)
+    root = Path(data.root)
+    if root.is_absolute():
+        return root
+    candidates = [Path.cwd() / root, tracking_root() / root, REPO_ROOT / root]
+    return next((c for c in candidates if (c / data.train_ann).is_file()), candidates[0])
+
+
+# ---------------------------------------------------------------------------------------------------
+# logging into the active run
+
+
+def log_metrics(metrics: Mapping[str, Any], step: int | None = None) -> None:
+    """Log numbers into the active run; nested mappings become "outer/inner" keys, None is skipped.
+
+    e.g. coco_eval's {"AP": .4, "per_class": {"circle": .5}} -> AP, per_class/circle.
+    """
+    import mlflow
+
+    _require_active_run()
+    flat = _flat_metrics(metrics)
+    if flat:
+        mlflow.log_metrics(flat, step=step)
+
+
+def _flat_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flat_metrics(value, name + "/"))
+        elif value is not None:
+            try:
+                flat[name] = float(value)
+            except (TypeError, ValueError):
+                raise TypeError(f"metric {name!r}: {value!r} is not a number") from None
+    return flat
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    """Copy a file (or a folder's files) into the active run's artifacts."""
+    import mlflow
+
+    _require_active_run()
+    path = Path(path)
+    if path.is_dir():
+        mlflow.log_artifacts(str(path), artifact_path)
+    else:
+        mlflow.log_artifact(str(path), artifact_path)
+
+
+def log_dict(data: Mapping[str, Any], artifact_file: str) -> None:
+    """Write `data` as JSON/YAML (by the file's suffix) into the active run's artifacts."""
+    import mlflow
+
+    _require_active_run()
+    mlflow.log_dict(dict(data), artifact_file)
+
+
+def _require_active_run() -> None:
+    import mlflow
+
+    if mlflow.active_run() is None:  # MLflow would silently start a stray run in the active experiment
+        raise TrackingError("no active MLflow run: call tood.tracking.start_run(cfg, seed) first")
