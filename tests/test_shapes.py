@@ -1,4 +1,4 @@
-"""tood/shapes.py and pipeline/make_data.py: determinism, valid COCO, difficulty, statistics, CLI."""
+"""tood/shapes.py and the `data` stage (pipeline/prepare_data.py): determinism, valid COCO, difficulty, statistics, CLI."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from pipeline.make_data import main
+from pipeline.prepare_data import main
 from tood.boxes import pairwise_iou
 from tood.config import ShapesConfig
 from tood.shapes import CATEGORY_IDS, KINDS, dataset_stats, fpn_levels, generate, write_stats
@@ -165,20 +165,33 @@ def test_dataset_stats_match_hand_count(tmp_path):
     )
 
 
-def test_cli_writes_dataset_manifest_and_report(tmp_path):
+def test_cli_writes_dataset_manifest_and_report(tmp_path, monkeypatch):
     params = tmp_path / "params.yaml"
     params.write_text(
+        "alpha: 1.0\nbeta: 6.0\n"
         "shapes:\n  seed: 1\n  num_train: 5\n  num_val: 2\n  image_size: 64\n  max_objects: 6\n"
+        "data:\n  root: data/shapes\n"
     )
-    out, md, png = (
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # relative data roots resolve against the DVC root
+    out, manifest_path, md, png = (
         tmp_path / "data" / "shapes",
+        tmp_path / "data" / "manifest.json",
         tmp_path / "reports" / "data_stats.md",
         tmp_path / "figs" / "d.png",
     )
-    argv = ["--params", str(params), "--out", str(out), "--stats-md", str(md), "--stats-png", str(png)]
+    argv = [
+        "--params",
+        str(params),
+        "--manifest",
+        str(manifest_path),
+        "--stats-md",
+        str(md),
+        "--stats-png",
+        str(png),
+    ]
     main(argv)
     assert len(list((out / "train").glob("*.jpg"))) == 5 and len(list((out / "val").glob("*.jpg"))) == 2
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads(manifest_path.read_text())
     assert manifest["config"]["num_train"] == 5 and manifest["config"]["image_size"] == 64
     for split in ("train", "val"):
         ann = out / manifest["annotations"][split]["file"]
@@ -195,6 +208,6 @@ def test_cli_writes_dataset_manifest_and_report(tmp_path):
     with Image.open(png) as im:
         assert im.format == "PNG" and im.size[0] > 500
 
-    before = (out / "manifest.json").read_bytes()
+    before = manifest_path.read_bytes()
     main(argv)  # idempotent: same params -> same bytes
-    assert (out / "manifest.json").read_bytes() == before
+    assert manifest_path.read_bytes() == before

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -75,7 +76,9 @@ class DataConfig:
         _check_range(self, "max_train_images", lo=0)
         _check_range(self, "max_val_images", lo=0)
         if min(self.img_scale) < 32:
-            raise ConfigError(f"data.img_scale: {list(self.img_scale)} is too small; both sides must be >= 32")
+            raise ConfigError(
+                f"data.img_scale: {list(self.img_scale)} is too small; both sides must be >= 32"
+            )
         if min(self.std) <= 0:
             raise ConfigError(f"data.std: {list(self.std)}; every entry must be > 0")
 
@@ -84,7 +87,9 @@ class DataConfig:
 class ModelConfig:
     depth: Literal[18, 34, 50, 101] = 50  # torchvision ResNet depth
     pretrained: bool = False  # ImageNet weights through torchvision's weights API (needs network or cache)
-    frozen_stages: int = 1  # with pretrained weights: stem + stage 1 frozen, BN frozen [R]; ignored from scratch
+    frozen_stages: int = (
+        1  # with pretrained weights: stem + stage 1 frozen, BN frozen [R]; ignored from scratch
+    )
     fpn_channels: int = 256  # FPN and head width F [R]
     head: Literal["tood", "parallel"] = "tood"  # T-Head (paper Fig. 3b) or the ATSS-style parallel head (3a)
     stacked_convs: int = 6  # N task-interactive convs of the T-Head [P §3.1]; parallel head uses 4 per tower
@@ -111,7 +116,9 @@ class AssignConfig:
     beta: float = 6.0  # TAL exponent on the IoU (Eq. 9); reference 6.0
     topk: int = 13  # TAL top-m candidates per GT over all levels [P §4.1]
     atss_topk: int = 9  # ATSS candidates per level [R]
-    warmup_epochs: int = 4  # ATSS assigner + focal loss for the first epochs: official `initial_epoch`, not in paper
+    warmup_epochs: int = (
+        4  # ATSS assigner + focal loss for the first epochs: official `initial_epoch`, not in paper
+    )
 
     def __post_init__(self):
         _check_range(self, "alpha", lo=0.0)
@@ -137,7 +144,9 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 0.01  # at base_batch; scaled linearly with the global batch [R: 0.01 at 16, overriding mmdet's 0.02]
+    lr: float = (
+        0.01  # at base_batch; scaled linearly with the global batch [R: 0.01 at 16, overriding mmdet's 0.02]
+    )
     base_batch: int = 16
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -157,7 +166,9 @@ class OptimConfig:
         _check_range(self, "gamma", lo=0.0, hi=1.0)
         _check_range(self, "grad_clip", lo=0.0)
         if any(s < 0 for s in self.steps) or list(self.steps) != sorted(self.steps):
-            raise ConfigError(f"optim.steps: {list(self.steps)}; must be non-negative epochs in increasing order")
+            raise ConfigError(
+                f"optim.steps: {list(self.steps)}; must be non-negative epochs in increasing order"
+            )
 
 
 @dataclass(frozen=True)
@@ -229,6 +240,13 @@ class RunConfig:
         return from_dict(cls, json.loads(Path(path).read_text()), str(path))
 
 
+def resolve_data_root(root: str | Path) -> Path:
+    """A relative data root is relative to the DVC repo root ($DVC_ROOT; queued `dvc exp` runs execute in
+    temporary copies of the repo, so all of them share the main checkout's data) or else the CWD."""
+    root = Path(root)
+    return root if root.is_absolute() else Path(os.environ.get("DVC_ROOT") or os.getcwd()) / root
+
+
 _SECTIONS = ("shapes", "data", "model", "assign", "loss", "optim", "train", "eval")
 _TOP_LEVEL = {"alpha", "beta", "seeds", "headline", "variants", *_SECTIONS}
 
@@ -265,12 +283,16 @@ def resolve_run_config(params: dict[str, Any], variant: str, where: str = "param
     if not isinstance(variants, dict):
         raise ConfigError(f"{where}: variants must be a mapping of name -> overrides")
     if HEADLINE in variants:
-        raise ConfigError(f"{where}: variants.{HEADLINE}: '{HEADLINE}' is the headline; configure it under `headline`")
+        raise ConfigError(
+            f"{where}: variants.{HEADLINE}: '{HEADLINE}' is the headline; configure it under `headline`"
+        )
     if variant == HEADLINE:
         overrides, key_prefix = dict(params.get("headline") or {}), "headline"
         for k in ("alpha", "beta"):
             if k in overrides:
-                raise ConfigError(f"{where}: headline.{k}: set the top-level `{k}` instead (it drives this run)")
+                raise ConfigError(
+                    f"{where}: headline.{k}: set the top-level `{k}` instead (it drives this run)"
+                )
             if k not in params:
                 raise ConfigError(f"{where}: top-level `{k}` is missing; it drives the headline TOOD run")
             overrides[k] = params[k]
