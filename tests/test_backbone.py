@@ -1,0 +1,89 @@
+import math
+from urllib.error import URLError
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from tood.backbone import FPN, ResNetC3C5, WeightsUnavailableError, build_backbone
+from tood.config import ModelConfig
+
+STRIDES = (8, 16, 32, 64, 128)
+
+
+@pytest.mark.parametrize("hw", [(128, 128), (96, 160)])
+def test_five_maps_with_strides_8_to_128(hw):
+    torch.manual_seed(0)
+    model = build_backbone(ModelConfig(depth=18, fpn_channels=16, gn_groups=4))
+    feats = model(torch.randn(1, 3, *hw))
+    assert [tuple(f.shape) for f in feats] == [
+        (1, 16, math.ceil(hw[0] / s), math.ceil(hw[1] / s)) for s in STRIDES
+    ]
+
+
+def test_resnet50_stage_channels():
+    body = ResNetC3C5(50, pretrained=False, frozen_stages=1)
+    c3, c4, c5 = body(torch.randn(1, 3, 64, 64))
+    assert body.out_channels == (512, 1024, 2048)
+    assert [c3.shape[1], c4.shape[1], c5.shape[1]] == [512, 1024, 2048]
+    assert [c3.shape[-1], c4.shape[-1], c5.shape[-1]] == [8, 4, 2]
+
+
+def test_extra_levels_are_on_the_p5_output_without_relu():
+    """[R] add_extra_convs='on_output', relu_before_extra_convs=False: P6 = conv(P5), P7 = conv(P6)."""
+    torch.manual_seed(0)
+    fpn = FPN((8, 16, 32), 8)
+    outs = fpn([torch.randn(1, 8, 8, 8), torch.randn(1, 16, 4, 4), torch.randn(1, 32, 2, 2)])
+    assert torch.allclose(outs[3], fpn.p6(outs[2]))
+    assert torch.allclose(outs[4], fpn.p7(outs[3]))
+    assert (outs[3] < 0).any()  # P6 enters P7's conv with its negative values: no ReLU in between
+
+
+def test_from_scratch_trains_everything_with_plain_bn():
+    model = build_backbone(
+        ModelConfig(depth=18, pretrained=False, frozen_stages=1, fpn_channels=16, gn_groups=4)
+    )
+    assert all(p.requires_grad for p in model.parameters())
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def test_offline_pretrained_request_fails_fast_with_instructions(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # empty hub cache
+
+    def no_network(*args, **kwargs):  # in case this machine does have a network: never download here
+        raise URLError("no network in tests")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with pytest.raises(WeightsUnavailableError) as err:
+        build_backbone(ModelConfig(depth=18, pretrained=True, fpn_channels=16, gn_groups=4))
+    message = str(err.value)
+    assert "no network" in message and "pretrained: false" in message
+    assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in message
+
+
+def test_pretrained_loads_from_the_hub_cache_and_freezes(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18()
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(reference.state_dict(), tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    body = ResNetC3C5(18, pretrained=True, frozen_stages=1)
+    assert torch.equal(body.stages[1][0].conv1.weight, reference.layer2[0].conv1.weight)
+    assert torch.equal(body.stem[1].running_var, reference.bn1.running_var)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in body.modules())  # all BN frozen (norm_eval)
+    assert not any(p.requires_grad for p in (*body.stem.parameters(), *body.stages[0].parameters()))
+    assert all(p.requires_grad for stage in body.stages[1:] for p in stage.parameters())
+
+
+def test_r50_fpn_trainable_params_match_table1_full_detector():
+    """Table 1 full-detector params (ATSS rows): 31.98M T-Head, 32.07M parallel. mmcv's counter counts
+    trainable parameters only, i.e. without the frozen stem + stage 1 (derived: 27,151,360 + head)."""
+    model = build_backbone(ModelConfig(depth=50, fpn_channels=256))  # from scratch: BN affine are Parameters
+    total = sum(p.numel() for p in model.parameters())
+    frozen = sum(p.numel() for m in (model.body.stem, model.body.stages[0]) for p in m.parameters())
+    assert total - frozen == 27_151_360
+    assert round((total - frozen + 4_823_790) / 1e6, 2) == 31.98
+    assert round((total - frozen + 4_918_618) / 1e6, 2) == 32.07

@@ -1,0 +1,137 @@
+"""ResNet (torchvision) C3-C5 + FPN P3-P7, strides 8..128 [R: tood_r50_fpn_1x_coco.py].
+
+Reference neck: FPN(start_level=1, add_extra_convs='on_output', num_outs=5) with mmdet's default
+relu_before_extra_convs=False, so P6 = conv3x3/2(P5 output) and P7 = conv3x3/2(P6) with no ReLU
+in between (FCOS's config turns that ReLU on; TOOD's and ATSS's do not). We follow the TOOD config.
+
+Two regimes:
+- pretrained=True (COCO recipe): torchvision ImageNet weights, every BN a FrozenBatchNorm2d (mmdet's
+  norm_eval=True + frozen affine) and the stem plus the first `frozen_stages` stages frozen [R].
+- pretrained=False (the embedded default, trained from scratch): plain trainable BatchNorm, nothing
+  frozen; frozen BN statistics of a random network would be meaningless.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from urllib.error import URLError
+from urllib.parse import urlparse
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision import models
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from tood.config import ModelConfig
+
+# depth -> (builder, ImageNet weights, C3-C5 channels); mmdet's torchvision://resnetXX are the V1 weights
+_RESNETS = {
+    18: (models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1, (128, 256, 512)),
+    34: (models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1, (128, 256, 512)),
+    50: (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1, (512, 1024, 2048)),
+    101: (models.resnet101, models.ResNet101_Weights.IMAGENET1K_V1, (512, 1024, 2048)),
+}
+
+
+class WeightsUnavailableError(RuntimeError):
+    """ImageNet weights were requested but are neither in the torch hub cache nor downloadable."""
+
+
+def imagenet_state_dict(weights: models.WeightsEnum, probe_timeout_s: float = 10.0) -> dict:
+    """Load torchvision ImageNet weights from the hub cache, downloading them when the network allows.
+
+    Fails fast with WeightsUnavailableError (a short TCP probe before the download) instead of hanging.
+    """
+    filename = Path(urlparse(weights.url).path).name
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    help_text = (
+        f"ImageNet weights {filename} are not in the torch hub cache and cannot be downloaded from "
+        f"{weights.url} (this machine seems to have no network). Either set `model.pretrained: false` "
+        f"in params.yaml, or download the file on a machine with network access and copy it to "
+        f"{cached} (i.e. $TORCH_HOME/hub/checkpoints/{filename}; TORCH_HOME defaults to ~/.cache/torch)."
+    )
+    try:
+        if not cached.exists():
+            host = urlparse(weights.url).hostname
+            socket.create_connection((host, 443), timeout=probe_timeout_s).close()
+        return torch.hub.load_state_dict_from_url(
+            weights.url, progress=True, check_hash=True, weights_only=True
+        )
+    except (URLError, OSError) as e:
+        raise WeightsUnavailableError(f"{help_text} Cause: {e}") from e
+
+
+class ResNetC3C5(nn.Module):
+    """torchvision ResNet without avgpool/fc; forward returns [C3, C4, C5] (strides 8, 16, 32)."""
+
+    def __init__(self, depth: int, pretrained: bool, frozen_stages: int):
+        super().__init__()
+        if depth not in _RESNETS:
+            raise ValueError(f"ResNet depth {depth} not supported; choose one of {sorted(_RESNETS)}")
+        builder, weights, self.out_channels = _RESNETS[depth]
+        state_dict = imagenet_state_dict(weights) if pretrained else None  # fail before building
+        net = builder(weights=None, norm_layer=FrozenBatchNorm2d if pretrained else nn.BatchNorm2d)
+        if state_dict is not None:
+            net.load_state_dict(state_dict)
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
+        if pretrained:  # [R] frozen_stages=1: stem + layer1; from scratch nothing is frozen
+            frozen = [self.stem, *self.stages[: max(frozen_stages, 0)]] if frozen_stages >= 0 else []
+            for module in frozen:
+                module.requires_grad_(False)
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        x = self.stem(images)  # (B, 64, H/4, W/4)
+        outs = []
+        for stage in self.stages:
+            x = stage(x)
+            outs.append(x)
+        return outs[1:]  # C3, C4, C5
+
+
+class FPN(nn.Module):
+    """Lateral 1x1 + top-down nearest upsampling + 3x3 output convs on C3-C5; P6, P7 'on_output' [R].
+
+    Convs are xavier-uniform with zero bias, as mmdet's FPN initialises them.
+    """
+
+    def __init__(self, in_channels: tuple[int, ...], out_channels: int):
+        super().__init__()
+        self.lateral = nn.ModuleList([nn.Conv2d(c, out_channels, 1) for c in in_channels])
+        self.output = nn.ModuleList(
+            [nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels]
+        )
+        self.p6 = nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1)
+        self.p7 = nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, feats: list[Tensor]) -> list[Tensor]:
+        laterals = [conv(f) for conv, f in zip(self.lateral, feats)]  # (B, F, H_l, W_l) each
+        for i in range(len(laterals) - 1, 0, -1):  # top-down; size= handles odd map sizes
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(
+                laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest"
+            )
+        outs = [conv(x) for conv, x in zip(self.output, laterals)]  # P3, P4, P5
+        p6 = self.p6(outs[-1])  # on the P5 output, not on C5 [R: add_extra_convs='on_output']
+        p7 = self.p7(p6)  # no ReLU before it [R: relu_before_extra_convs=False]
+        return [*outs, p6, p7]
+
+
+class BackboneFPN(nn.Module):
+    def __init__(self, depth: int, pretrained: bool, frozen_stages: int, fpn_channels: int):
+        super().__init__()
+        self.body = ResNetC3C5(depth, pretrained, frozen_stages)
+        self.fpn = FPN(self.body.out_channels, fpn_channels)
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        """images (B, 3, H, W) -> [P3..P7], each (B, F, ceil(H/s), ceil(W/s)), s = 8, 16, 32, 64, 128."""
+        return self.fpn(self.body(images))
+
+
+def build_backbone(cfg: ModelConfig) -> nn.Module:
+    return BackboneFPN(cfg.depth, cfg.pretrained, cfg.frozen_stages, cfg.fpn_channels)
