@@ -93,7 +93,7 @@ class ModelConfig:
     fpn_channels: int = 256  # FPN and head width F [R]
     head: Literal["tood", "parallel"] = "tood"  # T-Head (paper Fig. 3b) or the ATSS-style parallel head (3a)
     stacked_convs: int = 6  # N task-interactive convs of the T-Head [P §3.1]; parallel head uses 4 per tower
-    la_reduction: int = 8  # layer-attention reduction, fc1: N*F -> N*F/8 [R]
+    la_reduction: int = 8  # layer attention hidden width F // la_reduction (32 at F=256) [R: la_down_rate=8N]
     gn_groups: int = 32  # GroupNorm groups in the head [R]
     anchor: Literal["free", "based"] = "free"  # points + ltrb distances, or 8*stride square + delta-xywh [R]
 
