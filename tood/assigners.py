@@ -1,0 +1,269 @@
+"""Label assignment: which priors are positives for which GT, and their soft targets.
+
+Two assigners, both batched over padded GTs as (B, G, A) tensors with no Python loop over images or GTs:
+
+  tal_assign   task-aligned assignment [P §3.2 eq. 9-10], as fcjian/TOOD's TaskAlignedAssigner + t_hat;
+  atss_assign  ATSS (Zhang et al., CVPR 2020), which the reference uses for the first `initial_epoch`
+               epochs [R]; `choose_assigner` picks between them from the epoch.
+
+Padded GT rows (gt_mask False) may hold any boxes and labels (even NaN): every per-GT selection is
+and-ed with gt_mask before it can reach a prior, so padding never claims or blocks a prior.
+
+Memory (reference/tood.md pitfall 4): at most three (B, G, A) fp32 tensors live at once (IoU, metric and
+one temporary) plus bool masks; the 0.01-margin centre test runs only on the (B, G, K) top-k candidates.
+pairwise_iou's own intermediates dominate the peak: see bench/assigner_memory.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from tood.boxes import pairwise_iou
+
+CENTER_MARGIN = 0.01  # prior centre must be inside the GT by more than this on every side [R: both assigners]
+
+
+@dataclass
+class Assignment:
+    labels: Tensor  # (B, A) long, C for background
+    fg_mask: Tensor  # (B, A) bool
+    gt_index: Tensor  # (B, A) long index into the padded G axis (0 where background)
+    target_boxes: Tensor  # (B, A, 4) xyxy pixels of the assigned GT (0 where background)
+    target_scores: Tensor  # (B, A) float soft target: t_hat for TAL [P eq.10], 1.0 for ATSS fg, 0 bg
+    overlaps: Tensor  # (B, A) IoU of the prediction (TAL) / anchor box (ATSS) with its assigned GT (0 bg)
+
+
+def choose_assigner(assigner: str, epoch: int, warmup_epochs: int) -> str:
+    """ATSS while `epoch < warmup_epochs`, the configured assigner afterwards.
+
+    This is the reference's `initial_epoch=4` warm-up [R], not described in the paper: early scores and
+    IoUs are ~0, so t = s^alpha * u^beta carries no signal yet (fcjian/TOOD#15). The epoch is passed
+    explicitly (0-based) instead of being pushed into the head by a hook.
+    """
+    if assigner == "tal":
+        return "atss" if epoch < warmup_epochs else "tal"
+    elif assigner == "atss":
+        return "atss"
+    raise ValueError(f"unknown assigner {assigner!r}; expected 'tal' or 'atss'")
+
+
+@torch.no_grad()
+def tal_assign(
+    pred_scores: Tensor,
+    pred_boxes: Tensor,
+    points: Tensor,
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    gt_mask: Tensor,
+    *,
+    alpha: float,
+    beta: float,
+    topk: int,
+    eps: float = 1e-7,
+) -> Assignment:
+    """Task-aligned assignment [P §3.2.1 eq. 9-10][R TaskAlignedAssigner].
+
+    Steps (as the reference, per GT g, all GTs and images at once):
+      1. U = IoU(predicted box, g) -- the prediction, not the anchor; S = score of g's class.
+      2. t = S^alpha * U^beta, in fp32 (beta=6 underflows in half precision, pitfall 6).
+      3. candidates = top-`topk` priors by t over ALL levels jointly.
+      4. positive iff candidate, t > 0 and the prior centre lies inside g by > 0.01 px. The centre test
+         comes AFTER top-k as in the reference, so a GT can get fewer than `topk` positives
+         (ultralytics applies it before top-k).
+      5. a prior positive for several GTs goes to the one with the highest U. The paper's SM says
+         "minimal area"; fcjian/TOOD and mmdet use max IoU and we follow the code.
+      6. t_hat = t / (max t over g's positives + eps) * (max U over g's positives) [P eq.10], over the
+         positives that g keeps after step 5, exactly as the reference, which loops over GTs; this is the
+         vectorised equivalent. eps=1e-7 is the reference's `10e-8` (the contract's 1e-9 is ultralytics').
+
+    Args:
+        pred_scores: (B, A, C) probabilities (detached here). pred_boxes: (B, A, 4) xyxy pixels.
+        points: (A, 2) prior centres in pixels. gt_boxes: (B, G, 4) xyxy pixels; gt_labels: (B, G) long
+            in 0..C-1; gt_mask: (B, G) bool, False for padding.
+        alpha, beta: exponents of eq. 9 (no defaults: every call site shows them). topk: m of §3.2.1.
+    Returns:
+        Assignment; target_scores holds t_hat and overlaps the predicted-box IoU with the assigned GT.
+    """
+    B, A, C = pred_scores.shape
+    G = gt_boxes.shape[1]
+    if G == 0 or A == 0:
+        return _background(B, A, C, pred_scores.device)
+    gt_boxes = gt_boxes.float()
+    valid = gt_mask[:, :, None]  # (B, G, 1)
+    overlaps, metric = alignment_metric(pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask, alpha, beta)
+    cand_index = metric.topk(min(topk, A), dim=-1).indices  # (B, G, K), K = min(topk, A)
+    keep = (metric.gather(-1, cand_index) > 0) & valid  # (B, G, K)
+    keep &= _centres_inside(points.float()[cand_index], gt_boxes[:, :, None, :])  # (B,G,K,2) vs (B,G,1,4)
+    is_pos = torch.zeros_like(metric, dtype=torch.bool).scatter_(-1, cand_index, keep)  # (B, G, A)
+
+    gt_index, fg_mask, best_iou = _resolve_by_max_iou(overlaps, is_pos)  # (B, A) each; consumes overlaps
+    t_hat = _normalised_metric(metric, overlaps, is_pos, gt_index, fg_mask, eps)  # consumes metric
+    return _build_assignment(gt_index, fg_mask, gt_boxes, gt_labels, C, t_hat, best_iou)
+
+
+@torch.no_grad()
+def atss_assign(
+    anchors: Tensor,
+    num_per_level: Sequence[int],
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    gt_mask: Tensor,
+    num_classes: int,
+    *,
+    topk: int,
+) -> Assignment:
+    """ATSS assignment [R ATSSAssigner], batched over images and padded GTs.
+
+    Per GT g: on each level take the `topk` priors whose anchor centres are closest (L2) to g's centre (all
+    priors of a level with fewer than `topk`); thr = mean + std (unbiased, torch default) of the anchor-box
+    IoUs of these candidates; positive iff IoU >= thr and the anchor centre lies inside g by > 0.01 px.
+    A prior positive for several GTs goes to the one with the highest anchor IoU. With a single candidate
+    in total the std is taken as 0 (torch's unbiased std would be NaN and assign nothing).
+
+    Args:
+        anchors: (A, 4) xyxy 8*stride squares (also for anchor-free TOOD [R]). num_per_level: A_l, sum A.
+        gt_boxes: (B, G, 4) xyxy pixels; gt_labels: (B, G) long; gt_mask: (B, G) bool.
+        num_classes: C (background label). topk: candidates per level (9 [R]).
+    Returns:
+        Assignment with target_scores 1.0 on positives and overlaps the anchor-box IoU.
+    """
+    A = anchors.shape[0]
+    B, G = gt_mask.shape
+    if sum(num_per_level) != A:
+        raise ValueError(f"num_per_level {tuple(num_per_level)} does not sum to A={A}")
+    if G == 0 or A == 0:
+        return _background(B, A, num_classes, anchors.device)
+    anchors, gt_boxes = anchors.float(), gt_boxes.float()
+    valid = gt_mask[:, :, None]  # (B, G, 1)
+    anchor_centres = (anchors[:, :2] + anchors[:, 2:]) / 2  # (A, 2)
+    cand_index = _closest_per_level(anchor_centres, num_per_level, gt_boxes, topk)  # (B, G, K)
+
+    overlaps = pairwise_iou(gt_boxes, anchors).masked_fill_(~valid, 0)  # (B, G, A)
+    cand_iou = overlaps.gather(-1, cand_index)  # (B, G, K)
+    correction = 1 if cand_index.shape[-1] > 1 else 0
+    thr = cand_iou.mean(-1, keepdim=True) + cand_iou.std(-1, correction=correction, keepdim=True)  # (B,G,1)
+    keep = (cand_iou >= thr) & valid  # (B, G, K)
+    keep &= _centres_inside(anchor_centres[cand_index], gt_boxes[:, :, None, :])
+    is_pos = torch.zeros_like(overlaps, dtype=torch.bool).scatter_(-1, cand_index, keep)  # (B, G, A)
+
+    gt_index, fg_mask, best_iou = _resolve_by_max_iou(overlaps, is_pos)  # (B, A) each
+    return _build_assignment(gt_index, fg_mask, gt_boxes, gt_labels, num_classes, fg_mask.float(), best_iou)
+
+
+@torch.no_grad()
+def alignment_metric(
+    pred_scores: Tensor,
+    pred_boxes: Tensor,
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    gt_mask: Tensor,
+    alpha: float,
+    beta: float,
+) -> tuple[Tensor, Tensor]:
+    """U = IoU(predicted box, GT) and t = S^alpha * U^beta [P eq.9], both (B, G, A) fp32, 0 on padded GTs.
+
+    S is gathered per GT with torch.gather from the (B, C, A) view, never through a (B, G, A, C) one-hot.
+    """
+    B, A, C = pred_scores.shape
+    G = gt_boxes.shape[1]
+    invalid = ~gt_mask[:, :, None]  # (B, G, 1)
+    overlaps = pairwise_iou(gt_boxes.float(), pred_boxes.float()).masked_fill_(invalid, 0.0)  # (B, G, A)
+    class_index = gt_labels.long().clamp(0, C - 1)[:, :, None].expand(B, G, A)  # padded labels may be junk
+    metric = pred_scores.float().transpose(1, 2).gather(1, class_index)  # (B, C, A) -> (B, G, A)
+    metric.pow_(alpha).mul_(overlaps.pow(beta)).masked_fill_(invalid, 0.0)  # pow(0, 0) = 1 is masked too
+    return overlaps, metric
+
+
+def _closest_per_level(
+    anchor_centres: Tensor, num_per_level: Sequence[int], gt_boxes: Tensor, k: int
+) -> Tensor:
+    """Indices of the k priors per level nearest (L2, centre to centre) to each GT: (B, G, sum_l min(k, A_l)).
+
+    One loop over the L levels (not over GTs); each iteration holds one (B, G, A_l) distance tensor.
+    """
+    gt_centres = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2  # (B, G, 2)
+    index_per_level, start = [], 0
+    for n in num_per_level:
+        if n > 0:
+            level_centres = anchor_centres[start : start + n]  # (A_l, 2)
+            distances = (gt_centres[:, :, None, :] - level_centres).pow(2).sum(-1).sqrt()  # (B, G, A_l)
+            index_per_level.append(distances.topk(min(k, n), dim=-1, largest=False).indices + start)
+        start += n
+    return torch.cat(index_per_level, dim=-1)  # (B, G, K)
+
+
+def _centres_inside(centres: Tensor, boxes: Tensor, margin: float = CENTER_MARGIN) -> Tensor:
+    """Aligned counterpart of boxes.points_in_boxes, same rule: min(l, t, r, b) > margin.
+
+    centres (..., 2) and boxes (..., 4) broadcast against each other -> (...) bool. It is used on the top-k
+    candidates only, which avoids the (B, G, A, 4) distance tensor a full points_in_boxes would build.
+    """
+    ltrb = torch.cat((centres - boxes[..., :2], boxes[..., 2:] - centres), dim=-1)  # (..., 4)
+    return ltrb.amin(dim=-1) > margin
+
+
+def _resolve_by_max_iou(overlaps: Tensor, is_pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Give each prior to the positive GT with the highest IoU [R both assigners; paper SM says min area].
+
+    overlaps (B, G, A) is overwritten (-1 outside is_pos) to avoid another (B, G, A) float tensor.
+    Returns gt_index (B, A) long (0 for background), fg_mask (B, A) bool, best IoU (B, A) (0 for background).
+    """
+    best_iou, gt_index = overlaps.masked_fill_(~is_pos, -1.0).max(dim=1)  # (B, A); ties -> lowest index
+    fg_mask = is_pos.any(dim=1)  # (B, A)
+    return gt_index.masked_fill_(~fg_mask, 0), fg_mask, best_iou.masked_fill_(~fg_mask, 0.0)
+
+
+def _normalised_metric(
+    metric: Tensor, masked_iou: Tensor, is_pos: Tensor, gt_index: Tensor, fg_mask: Tensor, eps: float
+) -> Tensor:
+    """t_hat [P eq.10][R]: per GT, rescale t so that its max over the GT's final positives equals their max IoU.
+
+    metric (B, G, A) t and masked_iou (B, G, A) (already -1 outside is_pos) are overwritten in place.
+    Returns t_hat (B, A), 0 on background.
+    """
+    G = metric.shape[1]
+    final = is_pos & (gt_index[:, None, :] == torch.arange(G, device=metric.device)[None, :, None])  # (B,G,A)
+    assigned_t = metric.gather(1, gt_index[:, None, :]).squeeze(1)  # (B, A)
+    max_t = metric.masked_fill_(~final, 0.0).amax(dim=-1)  # (B, G)
+    max_iou = masked_iou.masked_fill_(~final, 0.0).amax(dim=-1)  # (B, G)
+    t_hat = assigned_t / (max_t.gather(1, gt_index) + eps) * max_iou.gather(1, gt_index)  # (B, A)
+    return t_hat.masked_fill_(~fg_mask, 0.0)
+
+
+def _build_assignment(
+    gt_index: Tensor,
+    fg_mask: Tensor,
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    num_classes: int,
+    target_scores: Tensor,
+    overlaps: Tensor,
+) -> Assignment:
+    """Gather per-prior labels and boxes of the assigned GTs; background gets label C and zero boxes."""
+    B, A = gt_index.shape
+    labels = gt_labels.long().gather(1, gt_index)  # (B, A)
+    boxes = gt_boxes.gather(1, gt_index[:, :, None].expand(B, A, 4))  # (B, A, 4)
+    return Assignment(
+        labels=labels.masked_fill(~fg_mask, num_classes),
+        fg_mask=fg_mask,
+        gt_index=gt_index,
+        target_boxes=torch.where(fg_mask[:, :, None], boxes, 0.0),  # where, not *: padded rows may be NaN
+        target_scores=target_scores.masked_fill(~fg_mask, 0.0),
+        overlaps=overlaps,
+    )
+
+
+def _background(B: int, A: int, num_classes: int, device: torch.device) -> Assignment:
+    """Every prior is background (no GT rows at all, or no priors)."""
+    return Assignment(
+        labels=torch.full((B, A), num_classes, dtype=torch.long, device=device),
+        fg_mask=torch.zeros(B, A, dtype=torch.bool, device=device),
+        gt_index=torch.zeros(B, A, dtype=torch.long, device=device),
+        target_boxes=torch.zeros(B, A, 4, device=device),
+        target_scores=torch.zeros(B, A, device=device),
+        overlaps=torch.zeros(B, A, device=device),
+    )
