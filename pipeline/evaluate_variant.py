@@ -1,0 +1,85 @@
+"""Stage `evaluate@<variant>`: COCO + alignment metrics of every seed -> reports/metrics/<variant>.json.
+
+    python -m pipeline.evaluate_variant --variant tood --runs runs/tood --out reports/metrics/tood.json
+
+Each seed's metrics are added to that seed's training MLflow run (runs/<variant>/seed<k>/mlflow_run.json).
+The file holds the mean over seeds at the top level, "std" (sample std, ddof=1; 0 for one seed),
+"seeds" (per-seed values + mlflow_run_id) and "setting" (what the numbers were measured under).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+
+from tood import tracking
+from tood.config import RunConfig, load_run_config
+from tood.evaluate import ALIGN_KEYS, COCO_KEYS
+from tood.inference import evaluate_checkpoint
+
+METRIC_KEYS = (*COCO_KEYS, *ALIGN_KEYS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--variant", required=True)
+    parser.add_argument("--runs", type=Path, required=True, help="the variant's run folder (train --out)")
+    parser.add_argument("--out", type=Path, required=True, help="metrics JSON to write")
+    parser.add_argument("--data-root", type=Path, default=None, help="overrides data.root of params.yaml")
+    args = parser.parse_args(argv)
+
+    cfg = load_run_config(args.params, args.variant)
+    tracking.configure_tracking()
+    per_seed = {}
+    for seed in cfg.seeds:
+        run_dir = args.runs / f"seed{seed}"
+        metrics = evaluate_checkpoint(cfg, run_dir / "last.pt", data_root=args.data_root)
+        run_id = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
+        log_to_run(cfg, seed, run_id, metrics)
+        per_seed[str(seed)] = {**_clean(metrics), "mlflow_run_id": run_id}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(aggregate(cfg, per_seed), indent=2) + "\n")
+    return 0
+
+
+def log_to_run(cfg: RunConfig, seed: int, run_id: str, metrics: dict) -> None:
+    """Add the metrics (per-class AP as per_class/<name>) and their JSON to the seed's training run."""
+    clean = _clean(metrics)
+    with tracking.start_run(cfg, seed, run_id=run_id):
+        tracking.log_metrics(clean)
+        tracking.log_dict(clean, f"metrics_seed{seed}.json")
+
+
+def aggregate(cfg: RunConfig, per_seed: dict[str, dict]) -> dict:
+    """Mean and sample std over seeds of every metric; NaN (undefined) metrics become null."""
+    mean, std = {}, {}
+    for key in METRIC_KEYS:
+        values = [s[key] for s in per_seed.values() if s.get(key) is not None]
+        mean[key] = statistics.fmean(values) if values else None
+        std[key] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
+    return {"variant": cfg.variant, **mean, "std": std, "seeds": per_seed, "setting": setting(cfg)}
+
+
+def setting(cfg: RunConfig) -> dict:
+    return {
+        "dataset": cfg.data.dataset, "depth": cfg.model.depth, "img_scale": list(cfg.data.img_scale),
+        "epochs": cfg.train.epochs, "head": cfg.model.head, "assigner": cfg.assign.assigner,
+        "anchor": cfg.model.anchor, "alpha": cfg.assign.alpha, "beta": cfg.assign.beta,
+    }  # fmt: skip
+
+
+def _clean(value):
+    """JSON-safe copy: NaN/inf -> None (strict JSON for DVC), nested dicts kept."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

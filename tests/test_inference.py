@@ -1,0 +1,168 @@
+"""Evaluation runner and the train / evaluate / predict CLIs, end to end on a tiny generated COCO set.
+
+One run of `pipeline.train_variant` (parallel head, ATSS, anchor-based: the centerness test-score path)
+is shared by the tests; its MLflow store is a private sqlite file.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from test_train import make_tiny_coco  # the tiny COCO generator of the training tests
+
+from pipeline import evaluate_variant, predict, train_variant
+from tood.config import AssignConfig, load_run_config
+from tood.data import build_loader
+from tood.evaluate import ALIGN_KEYS, COCO_KEYS, summarize_alignment
+from tood.inference import evaluate_checkpoint, load_detector, run_inference, uses_centerness
+from tood.train import build_dataset
+
+VARIANT = "tiny_atss"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """params.yaml + one finished 1-epoch run of VARIANT through the train CLI: (root, params path)."""
+    root = tmp_path_factory.mktemp("inference")
+    make_tiny_coco(root / "data")
+    params = {
+        "alpha": 1.0, "beta": 6.0, "seeds": [0],
+        "data": {"root": str(root / "data"), "img_scale": [64, 64]},
+        "model": {"depth": 18, "fpn_channels": 16, "stacked_convs": 2, "gn_groups": 4},
+        "assign": {"warmup_epochs": 1},
+        "optim": {"warmup_iters": 3},
+        "train": {"epochs": 1, "batch_size": 2, "log_every": 1, "num_threads": 1},
+        "eval": {"batch_size": 2},
+        "variants": {VARIANT: {"head": "parallel", "assigner": "atss", "anchor": "based"}},
+    }  # fmt: skip
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        mp.setenv("DVC_ROOT", str(root))
+        args = [
+            "--params",
+            str(root / "params.yaml"),
+            "--variant",
+            VARIANT,
+            "--out",
+            str(root / "runs" / VARIANT),
+        ]
+        assert train_variant.main([*args, "--curves", str(root / "curves" / f"{VARIANT}.csv")]) == 0
+        yield root, root / "params.yaml"
+    torch.set_num_threads(threads)
+
+
+def _client():
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def test_centerness_multiplies_test_scores_only_after_an_atss_final_epoch():
+    assert uses_centerness(AssignConfig(assigner="atss"), epochs=12)
+    assert not uses_centerness(AssignConfig(assigner="tal", warmup_epochs=4), epochs=12)
+    assert uses_centerness(AssignConfig(assigner="tal", warmup_epochs=4), epochs=4)  # never left warm-up
+
+
+def test_train_cli_writes_run_folder_and_mean_curve(trained):
+    root, _ = trained
+    run_dir = root / "runs" / VARIANT / "seed0"
+    for name in ("last.pt", "config.json", "mlflow_run.json", "losses.csv"):
+        assert (run_dir / name).is_file(), name
+    with (root / "curves" / f"{VARIANT}.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["step", "epoch", "lr", "loss", "loss_cls", "loss_box", "loss_ctr"]
+    assert [r["step"] for r in rows] == ["1", "2"]
+
+
+def test_run_inference_returns_coco_results_and_per_image_stats(trained):
+    root, params = trained
+    cfg = load_run_config(params, VARIANT)
+    ckpt = torch.load(root / "runs" / VARIANT / "seed0" / "last.pt", weights_only=True)
+    detector, _ = load_detector(ckpt, torch.device("cpu"))
+    dataset = build_dataset(cfg, None, train=False)
+    loader = build_loader(dataset, 2, shuffle=False, seed=0, drop_last=False)
+    eval_cfg = dataclasses.replace(cfg.eval, score_thr=0.0, max_per_img=7)
+    results, stats = run_inference(detector, loader, eval_cfg, True, dataset.cat_ids, progress=False)
+    assert len(stats) == len(dataset) == 2 and 0 < len(results) <= 2 * 7
+    for r in results:
+        x, y, w, h = r["bbox"]
+        assert r["image_id"] in dataset.image_ids and r["category_id"] in (1, 3, 7)
+        assert 0 <= x and 0 <= y and x + w <= 64 + 1e-3 and y + h <= 64 + 1e-3 and 0 <= r["score"] <= 1
+    assert set(summarize_alignment(stats)) == set(ALIGN_KEYS)
+    assert sum(s["instances"] for s in stats) == len(dataset.coco.getAnnIds())
+
+
+def test_evaluate_cli_writes_metrics_schema_and_logs_into_the_training_run(trained):
+    root, params = trained
+    out = root / "reports" / "metrics" / f"{VARIANT}.json"
+    argv = [
+        "--params",
+        str(params),
+        "--variant",
+        VARIANT,
+        "--runs",
+        str(root / "runs" / VARIANT),
+        "--out",
+        str(out),
+    ]
+    assert evaluate_variant.main(argv) == 0
+    metrics = json.loads(out.read_text())
+    run_id = json.loads((root / "runs" / VARIANT / "seed0" / "mlflow_run.json").read_text())["run_id"]
+    assert metrics["variant"] == VARIANT and set(metrics["seeds"]) == {"0"}
+    for key in (*COCO_KEYS, *ALIGN_KEYS):
+        assert key in metrics and key in metrics["std"] and key in metrics["seeds"]["0"], key
+        assert metrics["std"][key] in (0.0, None)  # one seed
+    assert metrics["seeds"]["0"]["mlflow_run_id"] == run_id
+    assert set(metrics["seeds"]["0"]["per_class"]) == {"red", "green", "blue"}
+    assert metrics["setting"] == {
+        "dataset": "shapes", "depth": 18, "img_scale": [64, 64], "epochs": 1, "head": "parallel",
+        "assigner": "atss", "anchor": "based", "alpha": 1.0, "beta": 6.0,
+    }  # fmt: skip
+    client = _client()  # the fixture's private store
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and "AP" in run.data.metrics and "per_class/red" in run.data.metrics
+    assert "metrics_seed0.json" in [a.path for a in client.list_artifacts(run_id)]
+
+
+def test_evaluate_checkpoint_refuses_an_unfinished_run(trained, tmp_path):
+    root, params = trained
+    ckpt = torch.load(root / "runs" / VARIANT / "seed0" / "last.pt", weights_only=True)
+    torch.save({**ckpt, "summary": None, "epoch": 0}, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match="not finished"):
+        evaluate_checkpoint(load_run_config(params, VARIANT), tmp_path / "last.pt")
+
+
+def test_predict_cli_draws_boxes_and_writes_coco_json(trained, tmp_path):
+    root, _ = trained
+    images = tmp_path / "images"
+    shutil.copytree(root / "data" / "val", images)
+    ckpt = root / "runs" / VARIANT / "seed0" / "last.pt"
+    argv = [
+        "--checkpoint",
+        str(ckpt),
+        "--images",
+        str(images),
+        "--out",
+        str(tmp_path / "pred"),
+        "--score-thr",
+        "0",
+    ]
+    assert predict.main(argv) == 0
+    files = sorted(p.name for p in images.iterdir())
+    for name in files:
+        with Image.open(tmp_path / "pred" / name) as drawn, Image.open(images / name) as src:
+            assert drawn.size == src.size
+    detections = json.loads((tmp_path / "pred" / "detections.json").read_text())
+    assert detections, "score threshold 0 keeps every post-processed box"
+    for d in detections:
+        assert files[d["image_id"]] == d["file_name"] and d["category_name"] in ("red", "green", "blue")
+        assert set(d) >= {"bbox", "score", "category_id"}

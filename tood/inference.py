@@ -1,0 +1,127 @@
+"""Evaluation runner: a trained detector over a loader -> COCO results, Table 6 alignment stats, metrics.
+
+`run_inference` is the loop (no metrics); `evaluate_checkpoint` is what the pipeline's evaluate stage
+calls: load last.pt (weights_only), run the val split, return one flat metrics dict with COCO AP
+(tood.evaluate.coco_eval) and the alignment analysis (tood.evaluate.summarize_alignment).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from tood.assigners import choose_assigner
+from tood.config import AssignConfig, EvalConfig, RunConfig, from_dict
+from tood.data import Batch, build_loader
+from tood.detector import Detections, Detector
+from tood.evaluate import alignment_stats, coco_eval, detections_to_coco, summarize_alignment
+from tood.heads import HeadOutput
+from tood.train import build_dataset, pick_device
+
+
+def uses_centerness(assign: AssignConfig, epochs: int) -> bool:
+    """Whether test scores are multiplied by the centerness: only when the final epoch trained it.
+
+    Standard ATSS multiplies cls score by centerness at test time [mmdet ATSSHead]; the ATSS loss is what
+    trains the centerness branch. After TAL (the final assigner of a TOOD run) the scores are already
+    IoU-aware and the reference uses them as they are [R].
+    """
+    return choose_assigner(assign.assigner, epochs - 1, assign.warmup_epochs) == "atss"
+
+
+@torch.no_grad()
+def run_inference(
+    detector: Detector,
+    loader,
+    eval_cfg: EvalConfig,
+    use_centerness: bool,
+    cat_ids: list[int],
+    *,
+    progress: bool = True,
+) -> tuple[list[dict], list[dict]]:
+    """Run `detector` over every batch of `loader` (eval mode, no grad).
+
+    Returns:
+        results: COCO results [{image_id, category_id, bbox xywh in original pixels, score}, ...].
+        stats: one tood.evaluate.alignment_stats dict per image (add up with summarize_alignment).
+    """
+    detector.eval()
+    device = next(detector.parameters()).device
+    results: list[dict] = []
+    stats: list[dict] = []
+    for batch in tqdm(loader, desc="eval", disable=not progress, dynamic_ncols=True):
+        images = batch.images.to(device)
+        out = detector(images)
+        detections = detector.postprocess(
+            out, batch.metas, tuple(images.shape[-2:]), eval_cfg, use_centerness
+        )
+        results += detections_to_coco(detections, batch.metas, cat_ids)
+        scores = test_scores(out, use_centerness)  # (B, A, C)
+        stats += [image_alignment(scores[i], out.boxes[i], batch, i, det) for i, det in enumerate(detections)]
+    return results, stats
+
+
+def test_scores(out: HeadOutput, use_centerness: bool) -> Tensor:
+    """(B, A, C) pre-NMS scores as Detector.postprocess ranks them (x sigmoid(centerness) for ATSS)."""
+    scores = out.scores.float()
+    if use_centerness and out.centerness is not None:
+        scores = scores * out.centerness.float().sigmoid()[..., None]
+    return scores
+
+
+def image_alignment(scores: Tensor, boxes: Tensor, batch: Batch, i: int, det: Detections) -> dict:
+    """Table 6 stats of image i: pre-NMS scores (A, C) and boxes (A, 4) in the resized frame, moved with
+    the batch's (non-crowd, clipped) GTs into the original frame where the detections already are."""
+    meta = batch.metas[i]
+    if meta.get("flipped", False):
+        raise ValueError(f"image {meta['image_id']}: evaluation images must not be flipped")
+    sx, sy = meta.get("scale_xy", (meta["scale_factor"], meta["scale_factor"]))
+    to_orig = boxes.new_tensor([sx, sy, sx, sy]).float()  # (4,)
+    mask = batch.gt_mask[i]  # (G,)
+    gt_boxes = batch.gt_boxes[i][mask].to(boxes.device) / to_orig  # (G_i, 4)
+    return alignment_stats(
+        scores, boxes.float() / to_orig, gt_boxes, batch.gt_labels[i][mask], det.boxes, det.scores, det.labels
+    )
+
+
+def config_from_checkpoint(ckpt: dict, where: str = "checkpoint") -> RunConfig:
+    """The resolved RunConfig a checkpoint was trained with."""
+    return from_dict(RunConfig, ckpt["config"], where)
+
+
+def load_detector(ckpt: dict, device: torch.device, where: str = "checkpoint") -> tuple[Detector, RunConfig]:
+    """Rebuild the trained detector from a checkpoint dict (model from the checkpoint's own config)."""
+    train_cfg = config_from_checkpoint(ckpt, where)
+    detector = Detector(train_cfg.model, len(ckpt["cat_ids"]))
+    detector.load_state_dict(ckpt["model"])
+    return detector.to(device).eval(), train_cfg
+
+
+def evaluate_checkpoint(
+    cfg: RunConfig, checkpoint_path: Path, data_root: Path | None = None, *, allow_unfinished: bool = False
+) -> dict:
+    """COCO + alignment metrics of a training checkpoint on cfg's val split.
+
+    The model (and the ATSS/TAL test-score rule) comes from the checkpoint's own config; data and
+    post-processing settings from `cfg`. Returns {AP, AP50, AP75, APs, APm, APl, pcc_top50, iou_top10,
+    correct, redundant, error, per_class: {name: AP}, num_images, num_detections, epochs}.
+    """
+    path = Path(checkpoint_path)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if ckpt.get("summary") is None and not allow_unfinished:
+        raise ValueError(f"{path}: training is not finished (epoch {ckpt['epoch']}); resume it first")
+    device = pick_device()
+    detector, train_cfg = load_detector(ckpt, device, where=str(path))
+    dataset = build_dataset(cfg, data_root, train=False)
+    if list(dataset.cat_ids) != list(ckpt["cat_ids"]):
+        raise ValueError(
+            f"{path}: category ids {ckpt['cat_ids']} differ from the val set's {dataset.cat_ids}"
+        )
+    loader = build_loader(dataset, cfg.eval.batch_size, shuffle=False, seed=0, drop_last=False)
+    use_ctr = uses_centerness(train_cfg.assign, train_cfg.train.epochs)
+    results, stats = run_inference(detector, loader, cfg.eval, use_ctr, dataset.cat_ids)
+    metrics = {**coco_eval(dataset.coco, results), **summarize_alignment(stats)}
+    return {**metrics, "num_images": len(dataset), "num_detections": len(results), "epochs": ckpt["epoch"]}
