@@ -177,7 +177,9 @@ class TrainConfig:
     batch_size: int = 16  # global batch (summed over ranks)
     num_workers: int = 0  # DataLoader workers; 0 decodes in the main process
     cache_images: bool = False  # decode the whole (small) train set into memory once
-    amp: Literal["off", "bf16", "fp16"] = "off"  # autocast for backbone+head; assignment and losses stay fp32
+    # autocast for backbone+head; assignment and losses stay fp32. Not "off": `dvc exp run -S` drops the
+    # quotes when it rewrites params.yaml and YAML 1.1 reads a bare off as False.
+    amp: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
     num_threads: int = 0  # torch intra-op threads, 0 = torch default
     log_every: int = 10  # iterations between MLflow metric logs

@@ -1,0 +1,147 @@
+"""End to end: the real `dvc repro` on a tiny profile in a temporary copy of the repo, then
+`dvc exp run -S alpha=.. -S beta=..`, MLflow read back through a real `mlflow server`'s REST API."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = ("tood", "parallel_atss")  # the headline and one ablation cell
+
+TINY = {
+    "shapes": {"num_train": 8, "num_val": 4, "image_size": 64, "max_objects": 4},
+    "data": {"img_scale": [64, 64]},
+    "model": {"fpn_channels": 16, "stacked_convs": 2, "gn_groups": 4},
+    "assign": {"warmup_epochs": 1},
+    "optim": {"warmup_iters": 2},
+    "train": {"epochs": 2, "batch_size": 4, "log_every": 1},
+    "eval": {"batch_size": 4},
+}
+
+
+def _copy_repo(dst: Path) -> None:
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for rel in files.splitlines():
+        if (REPO / rel).is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dst / rel)
+
+
+def _tiny_profile(repo: Path) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    params["variants"] = {v: params["variants"][v] for v in VARIANTS if v != "tood"}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dvc = yaml.safe_load((repo / "dvc.yaml").read_text())
+    deps = dvc["stages"]["tabulate"]["deps"]
+    dvc["stages"]["tabulate"]["deps"] = [
+        d for d in deps if not d.startswith("reports/") or Path(d).stem in VARIANTS
+    ]
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
+
+
+def _run(args: list[str], repo: Path, env: dict) -> str:
+    proc = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def pipeline_repo(tmp_path_factory) -> tuple[Path, dict]:
+    repo = tmp_path_factory.mktemp("repo")
+    _copy_repo(repo)
+    _tiny_profile(repo)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # stage `python` = this venv
+    env.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", PYTHONPATH=str(repo))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "tiny"], cwd=repo, check=True)
+    _run([sys.executable, "-m", "dvc", "repro"], repo, env)
+    return repo, env
+
+
+@pytest.mark.slow
+def test_repro_fills_every_section_from_the_runs_it_did(pipeline_repo):
+    repo, _ = pipeline_repo
+    tables = (repo / "reports" / "tables.md").read_text()
+    for heading in ("Table 1", "Table 2", "Table 3", "Table 4", "Table 6", "MLflow"):
+        assert heading in tables
+    for variant in VARIANTS:
+        metrics = json.loads((repo / "reports" / "metrics" / f"{variant}.json").read_text())
+        assert 0.0 <= metrics["AP"] <= 1.0 and metrics["seeds"]["0"]["mlflow_run_id"] in tables
+        assert (repo / "runs" / variant / "seed0" / "last.pt").is_file()
+    for figure in ("alpha_beta", "ablations", "losses", "alignment", "data_stats"):
+        assert (repo / "reports" / "figures" / f"{figure}.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_exp_run_alpha_beta_reruns_only_the_headline_branch(pipeline_repo):
+    repo, env = pipeline_repo
+    log = _run([sys.executable, "-m", "dvc", "exp", "run", "-S", "alpha=0.5", "-S", "beta=4"], repo, env)
+    ran = {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
+    assert ran == {"train_tood", "evaluate_tood", "tabulate"}, log
+    metrics = json.loads((repo / "reports" / "metrics" / "tood.json").read_text())
+    assert (metrics["setting"]["alpha"], metrics["setting"]["beta"]) == (0.5, 4.0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.mark.slow
+def test_mlflow_server_lists_every_variant_run(pipeline_repo):
+    repo, env = pipeline_repo
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{repo}/mlflow.db",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=repo, env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tood-ablations") as r:
+            experiment = json.loads(r.read())["experiment"]
+        runs = _post(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    by_variant: dict[str, list[dict]] = {}
+    for run in runs:
+        tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+        by_variant.setdefault(tags.get("variant"), []).append(run)
+    assert set(VARIANTS) <= set(by_variant)
+    for variant in VARIANTS:
+        run = by_variant[variant][0]
+        params = {p["key"]: p["value"] for p in run["data"]["params"]}
+        metrics = {m["key"] for m in run["data"]["metrics"]}
+        assert {"alpha", "beta", "head", "assigner", "anchor"} <= set(params)
+        assert "AP" in metrics
