@@ -196,7 +196,7 @@ def test_resuming_an_unknown_run_starts_a_new_one(store):
     assert client(store).get_run(run.info.run_id).data.tags["resumed_from"] == "0" * 32
 
 
-def test_paper_rows_and_dvc_experiment_become_tags(store, monkeypatch):
+def test_paper_rows_and_dvc_experiment_become_tags(store, monkeypatch, tmp_path):
     fake = types.ModuleType("tood.paper")
     seen = {}
 
@@ -207,7 +207,7 @@ def test_paper_rows_and_dvc_experiment_become_tags(store, monkeypatch):
     fake.paper_rows_for = paper_rows_for
     monkeypatch.setitem(sys.modules, "tood.paper", fake)
     monkeypatch.setenv("DVC_EXP_NAME", "ws-alpha2")
-    with tracking.start_run(make_cfg(), seed=1) as run:
+    with tracking.start_run(make_cfg(), seed=1, data_root=tmp_path / "no-data-here") as run:
         pass
     tags = client(store).get_run(run.info.run_id).data.tags
     assert tags["paper.rows"] == "Table 3: Anchor-free TOOD; Table 6: T-Head + TAL"
