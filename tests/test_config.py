@@ -60,7 +60,9 @@ def test_resolved_config_round_trips(tmp_path):
     assert again == cfg
     assert again.data.img_scale == cfg.data.img_scale and isinstance(again.data.img_scale, tuple)
     flat = cfg.flat()
-    assert flat["assign.alpha"] == 0.5 and flat["model.head"] == "tood" and flat["data.img_scale"] == [128, 128]
+    assert (
+        flat["assign.alpha"] == 0.5 and flat["model.head"] == "tood" and flat["data.img_scale"] == [128, 128]
+    )
 
 
 @pytest.mark.parametrize(
@@ -71,7 +73,10 @@ def test_resolved_config_round_trips(tmp_path):
         (lambda p: p["optim"].update(lr=-0.01), ["optim.lr", "-0.01", "> 0.0"]),
         (lambda p: p["optim"].update(lr=0), ["optim.lr", "0", "> 0.0"]),
         (lambda p: p["model"].update(head="retina"), ["model.head", "'retina'", "'tood'", "'parallel'"]),
-        (lambda p: p["variants"]["thead_atss"].update(assigner="simota"), ["assign.assigner", "'simota'", "'atss'"]),
+        (
+            lambda p: p["variants"]["thead_atss"].update(assigner="simota"),
+            ["assign.assigner", "'simota'", "'atss'"],
+        ),
         (lambda p: p["model"].update(anchor="both"), ["model.anchor", "'both'", "'free'", "'based'"]),
         (lambda p: p["model"].update(depth=152), ["model.depth", "152", "18"]),
         (lambda p: p["model"].update(pretrained="yes"), ["model.pretrained", "'yes'", "bool"]),

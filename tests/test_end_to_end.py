@@ -128,9 +128,13 @@ def test_mlflow_server_lists_every_variant_run(pipeline_repo):
                 break
             except OSError:
                 time.sleep(0.5)
-        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tood-ablations") as r:
+        with urllib.request.urlopen(
+            f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tood-ablations"
+        ) as r:
             experiment = json.loads(r.read())["experiment"]
-        runs = _post(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+        runs = _post(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]})[
+            "runs"
+        ]
     finally:
         server.terminate()
         server.wait(timeout=30)

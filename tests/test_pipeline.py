@@ -58,12 +58,22 @@ def test_coco_profile_is_the_reference_recipe(tmp_path):
     switch_profile(["coco", "--params", str(target)])
     cfg = load_run_config(target, HEADLINE)
     assert cfg.data.dataset == "coco2017" and cfg.data.img_scale == (1333, 800)
-    assert (cfg.model.depth, cfg.model.pretrained, cfg.model.fpn_channels, cfg.model.stacked_convs) == (50, True, 256, 6)
+    assert (cfg.model.depth, cfg.model.pretrained, cfg.model.fpn_channels, cfg.model.stacked_convs) == (
+        50,
+        True,
+        256,
+        6,
+    )
     assert (cfg.optim.lr, cfg.optim.warmup_iters, cfg.optim.steps, cfg.train.epochs, cfg.train.batch_size) == (
         0.01, 500, (8, 11), 12, 16,
     )  # fmt: skip
     assert (cfg.assign.alpha, cfg.assign.beta, cfg.assign.topk, cfg.assign.warmup_epochs) == (1.0, 6.0, 13, 4)
-    assert (cfg.eval.score_thr, cfg.eval.nms_iou, cfg.eval.nms_pre, cfg.eval.max_per_img) == (0.05, 0.6, 1000, 100)
+    assert (cfg.eval.score_thr, cfg.eval.nms_iou, cfg.eval.nms_pre, cfg.eval.max_per_img) == (
+        0.05,
+        0.6,
+        1000,
+        100,
+    )
     assert variant_names(load_params(target)) == variant_names(load_params(REPO / "params.yaml"))
 
 

@@ -1,0 +1,110 @@
+"""Detector post-processing (score threshold, per-level top-k, class-wise NMS, max detections, mapping back to
+the original image) and the loss dispatch between the ATSS warm-up and TAL."""
+
+import torch
+
+from tood.config import AssignConfig, EvalConfig, LossConfig, ModelConfig
+from tood.detector import Detector
+from tood.heads import HeadOutput
+
+SMALL = ModelConfig(depth=18, fpn_channels=16, stacked_convs=2, gn_groups=4, la_reduction=4)
+IMAGE = (64, 64)  # padded size -> levels 8x8, 4x4, 2x2, 1x1, 1x1 = 86 priors
+A = 64 + 16 + 4 + 1 + 1
+META = {"img_size": (64, 64), "scale_factor": 0.5, "scale_xy": (0.5, 0.5), "flipped": False}
+
+
+def _detector(num_classes=3) -> Detector:
+    torch.manual_seed(0)
+    return Detector(SMALL, num_classes).eval()
+
+
+def _output(scores: torch.Tensor, boxes: torch.Tensor, centerness=None) -> HeadOutput:
+    return HeadOutput(scores=scores[None], boxes=boxes[None], centerness=centerness)
+
+
+def _boxes_at(*xyxy) -> torch.Tensor:
+    boxes = torch.zeros(A, 4)
+    boxes[:, 2:] = 1.0  # tiny distinct-ish default boxes
+    for i, b in enumerate(xyxy):
+        boxes[i] = torch.tensor(b, dtype=torch.float32)
+    return boxes
+
+
+def test_threshold_nms_and_mapping_to_the_original_image():
+    scores = torch.zeros(A, 3)
+    scores[0, 1], scores[1, 1], scores[2, 1], scores[3, 2] = 0.9, 0.8, 0.04, 0.7
+    boxes = _boxes_at((10, 10, 30, 30), (11, 11, 31, 31), (40, 40, 50, 50), (11, 11, 31, 31))
+    (det,) = _detector().postprocess(
+        _output(scores, boxes), [META], IMAGE, EvalConfig(), use_centerness=False
+    )
+    # prior 1 is suppressed by prior 0 (same class, IoU 0.82 > 0.6); prior 2 is under score_thr 0.05;
+    # prior 3 overlaps as much but has another class, so class-wise NMS keeps it
+    assert det.labels.tolist() == [1, 2]
+    assert torch.allclose(det.scores, torch.tensor([0.9, 0.7]))
+    assert torch.allclose(det.boxes, torch.tensor([[20.0, 20, 60, 60], [22, 22, 62, 62]]))  # / scale 0.5
+
+
+def test_max_detections_and_per_level_topk():
+    scores = torch.zeros(A, 3)
+    scores[:64, 0] = torch.linspace(0.9, 0.1, 64)  # level P3 only
+    boxes = torch.stack([torch.tensor([i * 10.0, 0, i * 10 + 5, 5]) for i in range(A)])  # no overlaps
+    detector = _detector()
+    (det,) = detector.postprocess(_output(scores, boxes), [META], IMAGE, EvalConfig(max_per_img=7), False)
+    assert len(det.scores) == 7 and torch.all(det.scores[:-1] >= det.scores[1:]) and det.scores[0] == 0.9
+    (det,) = detector.postprocess(_output(scores, boxes), [META], IMAGE, EvalConfig(nms_pre=5), False)
+    assert len(det.scores) == 5  # top-5 pairs of the level before NMS
+
+
+def test_boxes_are_clipped_and_flips_undone():
+    scores = torch.zeros(A, 3)
+    scores[0, 0] = 0.9
+    boxes = _boxes_at((-5, 10, 20, 80))
+    meta = {**META, "img_size": (60, 64), "flipped": True}
+    (det,) = _detector().postprocess(_output(scores, boxes), [meta], IMAGE, EvalConfig(), False)
+    # clipped to (0, 10, 20, 60) in the 64-wide resized image, unflipped to (44, 10, 64, 60), then / 0.5
+    assert torch.allclose(det.boxes, torch.tensor([[88.0, 20, 128, 120]]))
+
+
+def test_centerness_factor_applies_only_when_asked():
+    scores = torch.zeros(A, 3)
+    scores[0, 0] = 0.5
+    centerness = torch.full((1, A), -100.0)  # sigmoid ~ 0
+    boxes = _boxes_at((0, 0, 10, 10))
+    detector = _detector()
+    assert (
+        len(
+            detector.postprocess(_output(scores, boxes, centerness), [META], IMAGE, EvalConfig(), True)[
+                0
+            ].scores
+        )
+        == 0
+    )
+    assert (
+        len(
+            detector.postprocess(_output(scores, boxes, centerness), [META], IMAGE, EvalConfig(), False)[
+                0
+            ].scores
+        )
+        == 1
+    )
+
+
+def test_loss_switches_from_atss_warmup_to_tal_by_explicit_epoch():
+    detector = _detector().train()
+    images = torch.randn(2, 3, *IMAGE)
+    gt_boxes = torch.tensor([[[8.0, 8, 40, 40]], [[0, 0, 0, 0]]])
+    gt_labels = torch.tensor([[1], [0]])
+    gt_mask = torch.tensor([[True], [False]])
+    assign = AssignConfig(assigner="tal", warmup_epochs=1)
+    out = detector(images)
+    warm = detector.compute_loss(
+        out, gt_boxes, gt_labels, gt_mask, IMAGE, epoch=0, assign_cfg=assign, loss_cfg=LossConfig()
+    )
+    tal = detector.compute_loss(
+        out, gt_boxes, gt_labels, gt_mask, IMAGE, epoch=1, assign_cfg=assign, loss_cfg=LossConfig()
+    )
+    assert warm["loss_box"] > 0 and tal["loss_cls"] > 0
+    assert not torch.equal(warm["loss_cls"], tal["loss_cls"])  # focal vs quality-focal
+    assert torch.isclose(tal["loss"], tal["loss_cls"] + tal["loss_box"])
+    tal["loss"].backward()
+    assert all(p.grad is not None for p in detector.head.parameters())
