@@ -21,7 +21,9 @@ PROFILES = Path(__file__).resolve().parents[1] / "profiles"
 
 def main(argv: list[str] | None = None) -> None:
     names = sorted(p.stem for p in PROFILES.glob("*.yaml"))
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("name", choices=names)
     parser.add_argument("--params", default="params.yaml", help="the params file to overwrite")
     args = parser.parse_args(argv)
