@@ -43,7 +43,7 @@ def test_headline_takes_top_level_alpha_beta_and_cells_keep_their_own():
     headline = _resolve(params)
     assert (headline.assign.alpha, headline.assign.beta) == (0.5, 4.0)
     assert isinstance(headline.assign.beta, float)  # `-S beta=4` writes an int; it is stored as 4.0
-    cell = _resolve(params, "a1.5_b8")
+    cell = _resolve(params, "a15_b8")
     assert (cell.assign.alpha, cell.assign.beta) == (1.5, 8.0)
     assert _resolve(params, "parallel_atss").assign.alpha == params["assign"]["alpha"]
 
@@ -54,7 +54,7 @@ def test_variant_overrides_route_to_model_and_assign():
 
 
 def test_resolved_config_round_trips(tmp_path):
-    cfg = _resolve(_params(), "a0.5_b2")
+    cfg = _resolve(_params(), "a05_b2")
     cfg.save(tmp_path / "config.json")
     again = RunConfig.load(tmp_path / "config.json")
     assert again == cfg
@@ -90,6 +90,7 @@ def test_resolved_config_round_trips(tmp_path):
         (lambda p: p.update(seeds=[]), ["seeds", "empty"]),
         (lambda p: p.update(extra=1), ["extra", "unknown top-level key"]),
         (lambda p: p["model"].update(gn_groups=7), ["model.gn_groups", "7", "fpn_channels"]),
+        (lambda p: p["variants"].update({"a0.5_b3": {"alpha": 0.5}}), ["variants.a0.5_b3", "a05_b2"]),
     ],
 )
 def test_bad_values_are_rejected_with_key_value_and_allowed(tmp_path, edit, needles):

@@ -53,7 +53,7 @@ def _tiny_profile(repo: Path) -> None:
 
 
 def _run(args: list[str], repo: Path, env: dict) -> str:
-    proc = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(args, check=False, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout + proc.stderr
 
@@ -149,3 +149,52 @@ def test_mlflow_server_lists_every_variant_run(pipeline_repo):
         metrics = {m["key"] for m in run["data"]["metrics"]}
         assert {"alpha", "beta", "head", "assigner", "anchor"} <= set(params)
         assert "AP" in metrics
+
+
+def _tood_runs(repo: Path) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    experiment = client.get_experiment_by_name("tood-ablations")
+    runs = client.search_runs([experiment.experiment_id], "tags.variant = 'tood'")
+    return [(run, client.get_metric_history(run.info.run_id, "train/loss")) for run in runs]
+
+
+@pytest.mark.slow
+def test_two_queued_experiments_at_once_lose_no_run_or_metric(pipeline_repo):
+    repo, env = pipeline_repo
+    before = {run.info.run_id for run, _ in _tood_runs(repo)}
+    for alpha, beta in (("0.5", "2"), ("1.5", "8")):
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "dvc",
+                "exp",
+                "run",
+                "--queue",
+                "-S",
+                f"alpha={alpha}",
+                "-S",
+                f"beta={beta}",
+            ],
+            repo,
+            env,
+        )
+    _run([sys.executable, "-m", "dvc", "queue", "start", "-j", "2"], repo, env)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = _run([sys.executable, "-m", "dvc", "queue", "status"], repo, env)
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(5)
+    assert status.count("Success") >= 2, status
+    new = [(run, history) for run, history in _tood_runs(repo) if run.info.run_id not in before]
+    assert sorted((run.data.params["alpha"], run.data.params["beta"]) for run, _ in new) == [
+        ("0.5", "2.0"), ("1.5", "8.0"),
+    ]  # fmt: skip
+    for run, history in new:
+        assert "AP" in run.data.metrics and run.info.status == "FINISHED"
+        steps = [m.step for m in history]
+        assert len(steps) > 0 and steps == sorted(set(steps))  # one point per logged step, none lost
+        assert len(steps) == len(new[0][1])  # both runs logged the same number of points

@@ -27,11 +27,11 @@ VARIANTS = {  # same switches as the repo's params.yaml, written out so the test
     "ab_parallel_atss": {"head": "parallel", "assigner": "atss", "anchor": "based"},
     "ab_thead_atss": {"head": "tood", "assigner": "atss", "anchor": "based"},
     "ab_tood": {"head": "tood", "assigner": "tal", "anchor": "based"},
-    "a0.5_b2": {"alpha": 0.5, "beta": 2.0},
-    "a0.5_b4": {"alpha": 0.5, "beta": 4.0},
-    "a0.5_b6": {"alpha": 0.5, "beta": 6.0},
+    "a05_b2": {"alpha": 0.5, "beta": 2.0},
+    "a05_b4": {"alpha": 0.5, "beta": 4.0},
+    "a05_b6": {"alpha": 0.5, "beta": 6.0},
     "a1_b8": {"alpha": 1.0, "beta": 8.0},
-    "a1.5_b8": {"alpha": 1.5, "beta": 8.0},
+    "a15_b8": {"alpha": 1.5, "beta": 8.0},
 }
 
 # TEST-ONLY invented AP values in [0, 1] (as evaluate writes them). With std 0.005 (0.5 AP points) the
@@ -47,11 +47,11 @@ FAKE_AP = {
     "ab_parallel_atss": 0.290,
     "ab_thead_atss": 0.270,
     "ab_tood": 0.292,
-    "a0.5_b2": 0.340,
-    "a0.5_b4": 0.345,
-    "a0.5_b6": 0.335,
+    "a05_b2": 0.340,
+    "a05_b4": 0.345,
+    "a05_b6": 0.335,
     "a1_b8": 0.342,
-    "a1.5_b8": 0.331,
+    "a15_b8": 0.331,
 }
 FAKE_STD = 0.005
 FAKE_ALIGN = {"pcc_top50": 0.25, "iou_top10": 0.5, "correct": 100.0, "redundant": 40.0, "error": 60.0}
@@ -231,7 +231,7 @@ def test_every_table_and_paper_numbers_in_their_rows(one_seed):
     assert "| 39.2 |" in line_with(section(text, "Table 1"), "ATSS anchor-free, parallel head")
     assert "4.82 / 31.98" in line_with(section(text, "Table 1"), "ATSS anchor-based, T-Head")
     assert "| 40.3 |" in line_with(section(text, "Table 2"), "| TAL (parallel head) |")
-    assert "| 42.4 | 34.0 |" in line_with(section(text, "Table 4"), "`a0.5_b2`")
+    assert "| 42.4 | 34.0 |" in line_with(section(text, "Table 4"), "`a05_b2`")
 
 
 def test_ours_on_paper_scale_and_deltas(one_seed):

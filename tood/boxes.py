@@ -54,7 +54,9 @@ def aligned_giou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:
     inter = wh[..., 0] * wh[..., 1]
     union = (box_area(boxes1) + box_area(boxes2) - inter).clamp(min=eps)
     iou = inter / union
-    enclose_wh = (torch.maximum(boxes1[..., 2:], boxes2[..., 2:]) - torch.minimum(boxes1[..., :2], boxes2[..., :2]))
+    enclose_wh = torch.maximum(boxes1[..., 2:], boxes2[..., 2:]) - torch.minimum(
+        boxes1[..., :2], boxes2[..., :2]
+    )
     enclose = (enclose_wh.clamp(min=0)[..., 0] * enclose_wh.clamp(min=0)[..., 1]).clamp(min=eps)
     return iou - (enclose - union) / enclose
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,7 +29,10 @@ from typing import Any, Literal
 
 import yaml
 
-HEADLINE = "tood"  # name of the headline variant; its alpha/beta are the top-level params
+HEADLINE = "tood"
+_VARIANT_NAME = re.compile(
+    r"[A-Za-z0-9_-]+"
+)  # name of the headline variant; its alpha/beta are the top-level params
 
 
 class ConfigError(ValueError):
@@ -284,6 +288,12 @@ def resolve_run_config(params: dict[str, Any], variant: str, where: str = "param
     variants = params.get("variants") or {}
     if not isinstance(variants, dict):
         raise ConfigError(f"{where}: variants must be a mapping of name -> overrides")
+    for name in variants:
+        if not _VARIANT_NAME.fullmatch(str(name)):
+            raise ConfigError(
+                f"{where}: variants.{name}: invalid variant name; use letters, digits, '_' and '-' only "
+                "(DVC reads a '.' in `variants.<name>` as a nested key, e.g. write a05_b2, not a0.5_b2)"
+            )
     if HEADLINE in variants:
         raise ConfigError(
             f"{where}: variants.{HEADLINE}: '{HEADLINE}' is the headline; configure it under `headline`"

@@ -148,7 +148,8 @@ def _to_original(boxes: Tensor, meta: dict) -> Tensor:
     """Clip to the resized image (before padding), then undo the resize and any flip."""
     h, w = meta["img_size"]
     boxes = torch.stack(
-        (boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h), boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)), 1
+        (boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h), boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)),
+        1,
     )
     if meta.get("flipped", False):
         boxes = torch.stack((w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]), 1)
