@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from tood import tracking
-from tood.config import OptimConfig, RunConfig
+from tood.config import OptimConfig, RunConfig, resolve_data_root
 from tood.data import CocoDetection, build_loader
 from tood.detector import Detector
 
@@ -156,7 +156,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def build_dataset(cfg: RunConfig, data_root: Path | None, *, train: bool) -> CocoDetection:
     """The train or val split of cfg.data; `data_root` overrides cfg.data.root (e.g. DVC's repo root)."""
     d = cfg.data
-    root = Path(data_root) if data_root is not None else Path(d.root)
+    root = Path(data_root) if data_root is not None else resolve_data_root(d.root)  # $DVC_ROOT in queued exps
     images, ann = (d.train_images, d.train_ann) if train else (d.val_images, d.val_ann)
     return CocoDetection(
         root / images, root / ann, img_scale=d.img_scale, size_divisor=d.size_divisor,
