@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tood.assigners import alignment_metric, atss_assign, choose_assigner, tal_assign
+from tood.boxes import pairwise_iou
 
 # ---------------------------------------------------------------------------------------------- priors
 
@@ -213,7 +214,8 @@ def test_tal_hand_worked_3x3_grid():
     scores[0, :, 1] = torch.tensor([0.9, 0.3, 0.3, 0.3, 0.6, 0.8, 0.3, 0.3, 1.0])
     labels, mask = torch.tensor([[1]]), torch.tensor([[True]])
 
-    overlaps, t = alignment_metric(scores, pred[None], gt, labels, mask, alpha=1.0, beta=2.0)
+    overlaps = pairwise_iou(gt, pred[None])  # (1, 1, 9)
+    t = alignment_metric(scores, pred[None], gt, labels, mask, alpha=1.0, beta=2.0)
     expected_t = torch.tensor([0.9, 0, 0, 0, 0.3375, 0.2, 0, 0, 0.0625])
     torch.testing.assert_close(t[0, 0], expected_t)
     torch.testing.assert_close(overlaps[0, 0], torch.tensor([1.0, 0, 0, 0, 0.75, 0.5, 0, 0, 0.25]))

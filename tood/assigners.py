@@ -9,9 +9,11 @@ Two assigners, both batched over padded GTs as (B, G, A) tensors with no Python 
 Padded GT rows (gt_mask False) may hold any boxes and labels (even NaN): every per-GT selection is
 and-ed with gt_mask before it can reach a prior, so padding never claims or blocks a prior.
 
-Memory (reference/tood.md pitfall 4): at most three (B, G, A) fp32 tensors live at once (IoU, metric and
-one temporary) plus bool masks; the 0.01-margin centre test runs only on the (B, G, K) top-k candidates.
-pairwise_iou's own intermediates dominate the peak: see bench/assigner_memory.py.
+Memory and time (reference/tood.md pitfall 4): only what needs every (GT, prior) pair is dense. TAL holds
+at most three (B, G, A) fp32 tensors (IoU, metric and one temporary) until its top-k; ATSS only one
+(B, G, A_l) distance per level. Everything after the top-k (centre test, IoU threshold, conflict
+resolution, t_hat) runs on the (B, G, K) candidates and scatters into (B, A): a positive is always a
+candidate. bench/assigners.py measures both against ultralytics' TaskAlignedAssigner.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from tood.boxes import pairwise_iou
+from tood.boxes import aligned_iou, pairwise_iou
 
 CENTER_MARGIN = 0.01  # prior centre must be inside the GT by more than this on every side [R: both assigners]
 
@@ -94,14 +96,16 @@ def tal_assign(
         return _background(B, A, C, pred_scores.device)
     gt_boxes = gt_boxes.float()
     valid = gt_mask[:, :, None]  # (B, G, 1)
-    overlaps, metric = alignment_metric(pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask, alpha, beta)
-    cand_index = metric.topk(min(topk, A), dim=-1).indices  # (B, G, K), K = min(topk, A)
-    keep = (metric.gather(-1, cand_index) > 0) & valid  # (B, G, K)
+    metric = alignment_metric(pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask, alpha, beta)  # (B,G,A)
+    cand_t, cand_index = metric.topk(min(topk, A), dim=-1)  # (B, G, K), K = min(topk, A)
+    del metric  # the dense part ends here; U is recomputed for the candidates (same values)
+    cand_boxes = pred_boxes.float().gather(1, cand_index.view(B, -1, 1).expand(-1, -1, 4)).view(B, G, -1, 4)
+    cand_iou = aligned_iou(gt_boxes[:, :, None, :], cand_boxes).masked_fill_(~valid, 0.0)  # (B, G, K)
+    keep = (cand_t > 0) & valid  # (B, G, K)
     keep &= _centres_inside(points.float()[cand_index], gt_boxes[:, :, None, :])  # (B,G,K,2) vs (B,G,1,4)
-    is_pos = torch.zeros_like(metric, dtype=torch.bool).scatter_(-1, cand_index, keep)  # (B, G, A)
 
-    gt_index, fg_mask, best_iou = _resolve_by_max_iou(overlaps, is_pos)  # (B, A) each; consumes overlaps
-    t_hat = _normalised_metric(metric, overlaps, is_pos, gt_index, fg_mask, eps)  # consumes metric
+    gt_index, fg_mask, best_iou, final = _resolve_by_max_iou(cand_index, keep, cand_iou, A)
+    t_hat = _normalised_metric(cand_t, cand_iou, cand_index, final, A, eps)  # (B, A)
     return _build_assignment(gt_index, fg_mask, gt_boxes, gt_labels, C, t_hat, best_iou)
 
 
@@ -141,16 +145,13 @@ def atss_assign(
     valid = gt_mask[:, :, None]  # (B, G, 1)
     anchor_centres = (anchors[:, :2] + anchors[:, 2:]) / 2  # (A, 2)
     cand_index = _closest_per_level(anchor_centres, num_per_level, gt_boxes, topk)  # (B, G, K)
-
-    overlaps = pairwise_iou(gt_boxes, anchors).masked_fill_(~valid, 0)  # (B, G, A)
-    cand_iou = overlaps.gather(-1, cand_index)  # (B, G, K)
+    cand_iou = aligned_iou(gt_boxes[:, :, None, :], anchors[cand_index]).masked_fill_(~valid, 0)  # (B, G, K)
     correction = 1 if cand_index.shape[-1] > 1 else 0
     thr = cand_iou.mean(-1, keepdim=True) + cand_iou.std(-1, correction=correction, keepdim=True)  # (B,G,1)
     keep = (cand_iou >= thr) & valid  # (B, G, K)
     keep &= _centres_inside(anchor_centres[cand_index], gt_boxes[:, :, None, :])
-    is_pos = torch.zeros_like(overlaps, dtype=torch.bool).scatter_(-1, cand_index, keep)  # (B, G, A)
 
-    gt_index, fg_mask, best_iou = _resolve_by_max_iou(overlaps, is_pos)  # (B, A) each
+    gt_index, fg_mask, best_iou, _ = _resolve_by_max_iou(cand_index, keep, cand_iou, A)  # (B, A) each
     return _build_assignment(gt_index, fg_mask, gt_boxes, gt_labels, num_classes, fg_mask.float(), best_iou)
 
 
@@ -163,19 +164,22 @@ def alignment_metric(
     gt_mask: Tensor,
     alpha: float,
     beta: float,
-) -> tuple[Tensor, Tensor]:
-    """U = IoU(predicted box, GT) and t = S^alpha * U^beta [P eq.9], both (B, G, A) fp32, 0 on padded GTs.
+) -> Tensor:
+    """t = S^alpha * U^beta [P eq.9] with U = IoU(predicted box, GT): (B, G, A) fp32, 0 on padded GTs.
 
-    S is gathered per GT with torch.gather from the (B, C, A) view, never through a (B, G, A, C) one-hot.
+    Computed in place in the IoU buffer (U itself is not kept: tal_assign needs it on K candidates only).
+    S is one row per GT of the (B, C, A) transposed scores (whole-row copies, 3x faster on CPU than an
+    element-wise gather), never a (B, G, A, C) one-hot.
     """
-    B, A, C = pred_scores.shape
-    G = gt_boxes.shape[1]
+    B, C = pred_scores.shape[0], pred_scores.shape[2]
     invalid = ~gt_mask[:, :, None]  # (B, G, 1)
-    overlaps = pairwise_iou(gt_boxes.float(), pred_boxes.float()).masked_fill_(invalid, 0.0)  # (B, G, A)
-    class_index = gt_labels.long().clamp(0, C - 1)[:, :, None].expand(B, G, A)  # padded labels may be junk
-    metric = pred_scores.float().transpose(1, 2).gather(1, class_index)  # (B, C, A) -> (B, G, A)
-    metric.pow_(alpha).mul_(overlaps.pow(beta)).masked_fill_(invalid, 0.0)  # pow(0, 0) = 1 is masked too
-    return overlaps, metric
+    metric = pairwise_iou(gt_boxes.float(), pred_boxes.float()).pow_(beta)  # (B, G, A): U^beta
+    class_index = gt_labels.long().clamp(0, C - 1)  # (B, G); padded labels may be junk
+    scores_by_class = pred_scores.float().transpose(1, 2).contiguous()  # (B, C, A)
+    scores = scores_by_class[torch.arange(B, device=class_index.device)[:, None], class_index]  # (B, G, A)
+    if alpha != 1.0:  # s^1 == s exactly; skipping saves a pass
+        scores.pow_(alpha)
+    return metric.mul_(scores).masked_fill_(invalid, 0.0)  # pow(0, 0) = 1 on padded rows is masked too
 
 
 def _closest_per_level(
@@ -190,7 +194,9 @@ def _closest_per_level(
     for n in num_per_level:
         if n > 0:
             level_centres = anchor_centres[start : start + n]  # (A_l, 2)
-            distances = (gt_centres[:, :, None, :] - level_centres).pow(2).sum(-1).sqrt()  # (B, G, A_l)
+            dx = gt_centres[..., 0, None] - level_centres[:, 0].contiguous()  # (B, G, A_l)
+            dy = gt_centres[..., 1, None] - level_centres[:, 1].contiguous()
+            distances = dx.mul_(dx).add_(dy.mul_(dy)).sqrt_()  # (B, G, A_l), no (B, G, A_l, 2) temporaries
             index_per_level.append(distances.topk(min(k, n), dim=-1, largest=False).indices + start)
         start += n
     return torch.cat(index_per_level, dim=-1)  # (B, G, K)
@@ -206,32 +212,43 @@ def _centres_inside(centres: Tensor, boxes: Tensor, margin: float = CENTER_MARGI
     return ltrb.amin(dim=-1) > margin
 
 
-def _resolve_by_max_iou(overlaps: Tensor, is_pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _resolve_by_max_iou(
+    cand_index: Tensor, keep: Tensor, cand_iou: Tensor, A: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Give each prior to the positive GT with the highest IoU [R both assigners; paper SM says min area].
 
-    overlaps (B, G, A) is overwritten (-1 outside is_pos) to avoid another (B, G, A) float tensor.
-    Returns gt_index (B, A) long (0 for background), fg_mask (B, A) bool, best IoU (B, A) (0 for background).
+    Works on the candidates only: positives (`keep`, (B, G, K)) sit at priors `cand_index` (B, G, K) with
+    IoU `cand_iou`. Per prior, the highest IoU wins; ties go to the lowest GT index, as a max over G does.
+    Returns gt_index (B, A) long (0 for background), fg_mask (B, A) bool, best IoU (B, A) (0 for
+    background), and final (B, G, K) bool: the candidates that remain positives of their own GT.
     """
-    best_iou, gt_index = overlaps.masked_fill_(~is_pos, -1.0).max(dim=1)  # (B, A); ties -> lowest index
-    fg_mask = is_pos.any(dim=1)  # (B, A)
-    return gt_index.masked_fill_(~fg_mask, 0), fg_mask, best_iou.masked_fill_(~fg_mask, 0.0)
+    B, G, K = cand_index.shape
+    flat_index = cand_index.reshape(B, G * K)
+    iou = cand_iou.masked_fill(~keep, -1.0).reshape(B, G * K)
+    best_iou = iou.new_full((B, A), -1.0).scatter_reduce_(1, flat_index, iou, "amax")  # (B, A)
+    gt_of_cand = torch.arange(G, device=cand_index.device)[None, :, None].expand(B, G, K)  # (B, G, K)
+    wins = keep & (cand_iou == best_iou.gather(1, flat_index).view(B, G, K))  # (B, G, K)
+    gt_index = torch.full((B, A), G, dtype=torch.long, device=cand_index.device)
+    gt_index.scatter_reduce_(1, flat_index, gt_of_cand.masked_fill(~wins, G).reshape(B, G * K), "amin")
+    fg_mask = gt_index < G  # (B, A)
+    final = keep & (gt_index.gather(1, flat_index).view(B, G, K) == gt_of_cand)  # (B, G, K)
+    return gt_index.masked_fill_(~fg_mask, 0), fg_mask, best_iou.masked_fill_(~fg_mask, 0.0), final
 
 
 def _normalised_metric(
-    metric: Tensor, masked_iou: Tensor, is_pos: Tensor, gt_index: Tensor, fg_mask: Tensor, eps: float
+    cand_t: Tensor, cand_iou: Tensor, cand_index: Tensor, final: Tensor, A: int, eps: float
 ) -> Tensor:
     """t_hat [P eq.10][R]: per GT, rescale t so that its max over the GT's final positives equals their max IoU.
 
-    metric (B, G, A) t and masked_iou (B, G, A) (already -1 outside is_pos) are overwritten in place.
-    Returns t_hat (B, A), 0 on background.
+    cand_t, cand_iou, cand_index, final: (B, G, K) over the top-k candidates. Returns t_hat (B, A), 0 on
+    background (each prior is the final positive of at most one GT, so the scatter has one writer).
     """
-    G = metric.shape[1]
-    final = is_pos & (gt_index[:, None, :] == torch.arange(G, device=metric.device)[None, :, None])  # (B,G,A)
-    assigned_t = metric.gather(1, gt_index[:, None, :]).squeeze(1)  # (B, A)
-    max_t = metric.masked_fill_(~final, 0.0).amax(dim=-1)  # (B, G)
-    max_iou = masked_iou.masked_fill_(~final, 0.0).amax(dim=-1)  # (B, G)
-    t_hat = assigned_t / (max_t.gather(1, gt_index) + eps) * max_iou.gather(1, gt_index)  # (B, A)
-    return t_hat.masked_fill_(~fg_mask, 0.0)
+    B, G, K = cand_t.shape
+    max_t = cand_t.masked_fill(~final, 0.0).amax(dim=-1, keepdim=True)  # (B, G, 1)
+    max_iou = cand_iou.masked_fill(~final, 0.0).amax(dim=-1, keepdim=True)  # (B, G, 1)
+    cand_t_hat = (cand_t / (max_t + eps) * max_iou).masked_fill_(~final, 0.0)  # (B, G, K)
+    t_hat = cand_t.new_zeros(B, A)
+    return t_hat.scatter_reduce_(1, cand_index.reshape(B, G * K), cand_t_hat.reshape(B, G * K), "amax")
 
 
 def _build_assignment(
