@@ -1,8 +1,12 @@
 """Detector post-processing (score threshold, per-level top-k, class-wise NMS, max detections, mapping back to
 the original image) and the loss dispatch between the ATSS warm-up and TAL."""
 
+import dataclasses
+
+import pytest
 import torch
 
+import tood.detector
 from tood.config import AssignConfig, EvalConfig, LossConfig, ModelConfig
 from tood.detector import Detector
 from tood.heads import HeadOutput
@@ -108,3 +112,48 @@ def test_loss_switches_from_atss_warmup_to_tal_by_explicit_epoch():
     assert torch.isclose(tal["loss"], tal["loss_cls"] + tal["loss_box"])
     tal["loss"].backward()
     assert all(p.grad is not None for p in detector.head.parameters())
+
+
+@pytest.mark.parametrize("head", ["tood", "parallel"])
+@pytest.mark.parametrize("epoch", [0, 1], ids=["atss-warmup", "tal"])
+def test_bf16_autocast_forward_and_backward_stay_finite_with_fp32_assignment(head, epoch, monkeypatch):
+    """Mixed precision as tood.train runs it: the model under CPU bf16 autocast (channels_last), then
+    assignment and losses in fp32 (reference/tood.md pitfall 6: beta=6 underflows in half precision)."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(SMALL, head=head)
+    detector = Detector(cfg, 3).train().to(memory_format=torch.channels_last)
+    images = torch.randn(2, 3, *IMAGE).contiguous(memory_format=torch.channels_last)
+    gt_boxes = torch.tensor([[[8.0, 8, 40, 40], [30, 20, 60, 50]], [[4, 4, 20, 36], [0, 0, 0, 0]]])
+    gt_labels, gt_mask = torch.tensor([[1, 2], [0, 0]]), torch.tensor([[True, True], [True, False]])
+    seen = []
+    for name in ("tal_assign", "atss_assign"):
+        original = getattr(tood.detector, name)
+
+        def spy(*args, _original=original, **kwargs):
+            seen.extend(a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point())
+            assert not torch.is_autocast_enabled("cpu")
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(tood.detector, name, spy)
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert detector.backbone(images)[0].dtype == torch.bfloat16  # autocast really is on
+        out = detector(images)
+        with torch.autocast("cpu", enabled=False):  # as tood.train.compute_loss
+            losses = detector.compute_loss(
+                out, gt_boxes, gt_labels, gt_mask, IMAGE, epoch=epoch,
+                assign_cfg=AssignConfig(assigner="tal", warmup_epochs=1), loss_cfg=LossConfig(),
+            )  # fmt: skip
+    assert seen and all(dtype == torch.float32 for dtype in seen)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    assert losses["loss_box"] > 0
+    losses["loss"].backward()
+    grads = {n: p.grad for n, p in detector.named_parameters() if p.requires_grad}
+    bad = [
+        (n, None if g is None else g.abs().max().item())
+        for n, g in grads.items()
+        if g is None or not torch.isfinite(g).all()
+    ]
+    assert not bad, f"missing or non-finite gradients: {bad}"
+    if head == "parallel" and epoch == 1:  # TAL leaves centerness untrained: an exact zero gradient
+        assert grads["head.centerness_conv.weight"].abs().sum() == 0

@@ -5,10 +5,13 @@ relu_before_extra_convs=False, so P6 = conv3x3/2(P5 output) and P7 = conv3x3/2(P
 in between (FCOS's config turns that ReLU on; TOOD's and ATSS's do not). We follow the TOOD config.
 
 Two regimes:
-- pretrained=True (COCO recipe): torchvision ImageNet weights, every BN a FrozenBatchNorm2d (mmdet's
-  norm_eval=True + frozen affine) and the stem plus the first `frozen_stages` stages frozen [R].
-- pretrained=False (the embedded default, trained from scratch): plain trainable BatchNorm, nothing
-  frozen; frozen BN statistics of a random network would be meaningless.
+- pretrained=True (COCO recipe): torchvision ImageNet weights, `norm: frozen_bn` (every BN a
+  FrozenBatchNorm2d, mmdet's norm_eval=True + frozen affine) and the stem plus the first `frozen_stages`
+  stages frozen [R].
+- pretrained=False (the embedded default, trained from scratch): `norm: bn`, plain trainable BatchNorm,
+  nothing frozen. `sync_bn` is the same layer, converted to SyncBatchNorm by tood.train under multi-GPU
+  DDP. `frozen_bn` from scratch is an identity BN (mean 0, var 1): no normalisation at all, so every rank
+  computes exactly what one process would (the DDP equality test uses it).
 """
 
 from __future__ import annotations
@@ -66,13 +69,15 @@ def imagenet_state_dict(weights: models.WeightsEnum, probe_timeout_s: float = 10
 class ResNetC3C5(nn.Module):
     """torchvision ResNet without avgpool/fc; forward returns [C3, C4, C5] (strides 8, 16, 32)."""
 
-    def __init__(self, depth: int, pretrained: bool, frozen_stages: int):
+    def __init__(self, depth: int, pretrained: bool, frozen_stages: int, norm: str = "bn"):
         super().__init__()
         if depth not in _RESNETS:
             raise ValueError(f"ResNet depth {depth} not supported; choose one of {sorted(_RESNETS)}")
         builder, weights, self.out_channels = _RESNETS[depth]
         state_dict = imagenet_state_dict(weights) if pretrained else None  # fail before building
-        net = builder(weights=None, norm_layer=FrozenBatchNorm2d if pretrained else nn.BatchNorm2d)
+        if norm not in ("bn", "sync_bn", "frozen_bn"):
+            raise ValueError(f"unknown norm {norm!r}; expected 'bn', 'sync_bn' or 'frozen_bn'")
+        net = builder(weights=None, norm_layer=FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d)
         if state_dict is not None:
             net.load_state_dict(state_dict)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
@@ -117,15 +122,19 @@ class FPN(nn.Module):
                 laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest"
             )
         outs = [conv(x) for conv, x in zip(self.output, laterals)]  # P3, P4, P5
-        p6 = self.p6(outs[-1])  # on the P5 output, not on C5 [R: add_extra_convs='on_output']
-        p7 = self.p7(p6)  # no ReLU before it [R: relu_before_extra_convs=False]
+        # P6/P7 in fp32 even under autocast: they are ~0.1% of the FLOPs, and torch 2.13's CPU bf16 conv
+        # (3x3, stride 2) returns non-finite weight gradients at random on a 1x1 input, which P6 -> P7 is
+        # at the default 128 px (tests/test_backbone.py keeps a repro).
+        with torch.autocast(outs[-1].device.type, enabled=False):
+            p6 = self.p6(outs[-1].float())  # on the P5 output, not on C5 [R: add_extra_convs='on_output']
+            p7 = self.p7(p6)  # no ReLU before it [R: relu_before_extra_convs=False]
         return [*outs, p6, p7]
 
 
 class BackboneFPN(nn.Module):
-    def __init__(self, depth: int, pretrained: bool, frozen_stages: int, fpn_channels: int):
+    def __init__(self, depth: int, pretrained: bool, frozen_stages: int, fpn_channels: int, norm: str = "bn"):
         super().__init__()
-        self.body = ResNetC3C5(depth, pretrained, frozen_stages)
+        self.body = ResNetC3C5(depth, pretrained, frozen_stages, norm)
         self.fpn = FPN(self.body.out_channels, fpn_channels)
 
     def forward(self, images: Tensor) -> list[Tensor]:
@@ -134,4 +143,4 @@ class BackboneFPN(nn.Module):
 
 
 def build_backbone(cfg: ModelConfig) -> nn.Module:
-    return BackboneFPN(cfg.depth, cfg.pretrained, cfg.frozen_stages, cfg.fpn_channels)
+    return BackboneFPN(cfg.depth, cfg.pretrained, cfg.frozen_stages, cfg.fpn_channels, cfg.norm)

@@ -94,6 +94,9 @@ class ModelConfig:
     frozen_stages: int = (
         1  # with pretrained weights: stem + stage 1 frozen, BN frozen [R]; ignored from scratch
     )
+    # backbone norm: trainable BN (stats per rank under DDP), SyncBN (stats over all GPUs; CUDA only), or
+    # FrozenBatchNorm2d (mmdet norm_eval=True + frozen affine [R], the COCO recipe with ImageNet weights)
+    norm: Literal["bn", "sync_bn", "frozen_bn"] = "bn"
     fpn_channels: int = 256  # FPN and head width F [R]
     head: Literal["tood", "parallel"] = "tood"  # T-Head (paper Fig. 3b) or the ATSS-style parallel head (3a)
     stacked_convs: int = 6  # N task-interactive convs of the T-Head [P §3.1]; parallel head uses 4 per tower

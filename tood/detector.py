@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from tood.assigners import atss_assign, choose_assigner, tal_assign
+from tood.assigners import Assignment, atss_assign, choose_assigner, tal_assign
 from tood.backbone import build_backbone
 from tood.config import AssignConfig, EvalConfig, LossConfig, ModelConfig
 from tood.heads import HeadOutput, build_head
@@ -79,22 +79,55 @@ class Detector(nn.Module):
         configured assigner (the official `initial_epoch`; mmdet reaches it through a hook).
         Assignment and losses run in fp32, outside any autocast region.
         """
+        out = HeadOutput(scores=out.scores.float(), boxes=out.boxes.float(), centerness=out.centerness)
+        phase, assignment = self.assign(
+            out, gt_boxes, gt_labels, gt_mask, image_size, epoch=epoch, assign_cfg=assign_cfg
+        )
+        return self.losses(out, phase, assignment, image_size, loss_cfg)
+
+    def assign(
+        self,
+        out: HeadOutput,
+        gt_boxes: Tensor,
+        gt_labels: Tensor,
+        gt_mask: Tensor,
+        image_size: tuple[int, int],
+        *,
+        epoch: int,
+        assign_cfg: AssignConfig,
+    ) -> tuple[str, Assignment]:
+        """The first half of compute_loss: the phase ("tal" | "atss") of `epoch` and its Assignment."""
         priors = self.priors_for_image_size(*image_size, device=out.scores.device)
-        scores, boxes = out.scores.float(), out.boxes.float()
-        out = HeadOutput(scores=scores, boxes=boxes, centerness=out.centerness)
-        if choose_assigner(assign_cfg.assigner, epoch, assign_cfg.warmup_epochs) == "tal":
+        phase = choose_assigner(assign_cfg.assigner, epoch, assign_cfg.warmup_epochs)
+        if phase == "tal":
             assignment = tal_assign(
-                scores.detach(), boxes.detach(), priors.points, gt_boxes, gt_labels, gt_mask,
-                alpha=assign_cfg.alpha, beta=assign_cfg.beta, topk=assign_cfg.topk,
+                out.scores.detach().float(), out.boxes.detach().float(), priors.points, gt_boxes, gt_labels,
+                gt_mask, alpha=assign_cfg.alpha, beta=assign_cfg.beta, topk=assign_cfg.topk,
             )  # fmt: skip
-            losses = tal_loss(out, assignment, loss_cfg, priors.points)
         else:
             assignment = atss_assign(
                 priors.anchors, priors.num_per_level, gt_boxes, gt_labels, gt_mask, self.num_classes,
                 topk=assign_cfg.atss_topk,
             )  # fmt: skip
-            losses = atss_loss(out, assignment, loss_cfg, priors.points)
+        return phase, assignment
+
+    def losses(
+        self,
+        out: HeadOutput,
+        phase: str,
+        assignment: Assignment,
+        image_size: tuple[int, int],
+        loss_cfg: LossConfig,
+    ) -> dict[str, Tensor]:
+        """The second half of compute_loss: the phase's loss terms and their sum 'loss' (out in fp32)."""
+        points = self.priors_for_image_size(*image_size, device=out.scores.device).points
+        losses = (tal_loss if phase == "tal" else atss_loss)(out, assignment, loss_cfg, points)
         losses["loss"] = sum(losses.values())
+        if out.centerness is not None and "loss_ctr" not in losses:
+            # TAL does not train the parallel head's centerness. A zero-weighted term keeps that output in
+            # the graph, so DDP's reducer gets a (zero) gradient for every parameter in every phase and
+            # needs no unused-parameter search; nothing else changes (adding exact zeros).
+            losses["loss"] = losses["loss"] + 0.0 * out.centerness.sum()
         return losses
 
     @torch.no_grad()

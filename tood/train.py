@@ -433,10 +433,25 @@ def build_state(cfg: RunConfig, num_classes: int, device: torch.device, world: i
         state.epoch, state.iteration = ckpt["epoch"], ckpt["iteration"]
         state.train_time_s, state.images_seen = ckpt["train_time_s"], ckpt["images_seen"]
         set_rng_state(ckpt["rng"])  # after model init, which consumed the same draws in the first run
-    if world > 1:  # the parallel head's centerness branch is unused in the TAL phase
+    if world > 1:  # every parameter gets a gradient in every phase (see Detector.compute_loss)
         ids = [device.index] if device.type == "cuda" else None
-        state.model = DistributedDataParallel(detector, device_ids=ids, find_unused_parameters=True)
+        model = _sync_batchnorm(detector, cfg.model.norm, device)
+        state.model = DistributedDataParallel(model, device_ids=ids)
     return state
+
+
+def _sync_batchnorm(detector: Detector, norm: str, device: torch.device) -> nn.Module:
+    """With `model.norm: sync_bn`, swap the backbone's BatchNorm2d for SyncBatchNorm (in place: the same
+    parameters, so `state.detector` still sees them). torch has no CPU SyncBatchNorm kernel."""
+    if norm != "sync_bn":
+        return detector
+    if device.type != "cuda":
+        raise ValueError(
+            "model.norm: sync_bn needs CUDA devices (torch's SyncBatchNorm has no CPU kernel); "
+            "use bn (per-rank statistics) or frozen_bn for a multi-process CPU run"
+        )
+    detector.backbone = nn.SyncBatchNorm.convert_sync_batchnorm(detector.backbone)
+    return detector
 
 
 def _run_epochs(state, dataset, cfg, seed, device, rank, world, run, ckpt, out_dir=None) -> dict:
