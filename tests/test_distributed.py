@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import make_tiny_coco, tiny_config  # the tiny COCO generator of the training tests
 
-from tests.test_train import make_tiny_coco, tiny_config
 from tood.train import build_state
 
 REPO = Path(__file__).resolve().parents[1]

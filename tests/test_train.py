@@ -245,6 +245,16 @@ def test_changed_training_settings_start_afresh_but_eval_settings_do_not(finishe
     assert any("assign.alpha" in str(w.message) for w in caught)
 
 
+def test_checkpoint_from_other_source_code_is_not_resumed(finished, monkeypatch):
+    """DVC re-runs a train stage after a tood/ edit but keeps runs/ (persist): a finished checkpoint of the
+    old code must not be returned as the new result."""
+    cfg, out, _ = finished
+    assert tood.train._usable_checkpoint(out / "last.pt", cfg, 0) is not None
+    monkeypatch.setattr(tood.train, "source_fingerprint", lambda: "0" * 64)
+    with pytest.warns(UserWarning, match="tood/ source code"):
+        assert tood.train._usable_checkpoint(out / "last.pt", cfg, 0) is None
+
+
 @pytest.mark.slow
 def test_bf16_autocast_and_channels_last_train(env):
     cfg = tiny_config(env / "data", epochs=1, amp="bf16", channels_last=True)

@@ -8,7 +8,9 @@ the global batch, linear warm-up from 0.001x over the first iterations, x0.1 aft
 Resuming: `out_dir/last.pt` is written (atomically) at the end of every epoch, and once before the first
 one, with the model, optimizer, completed epoch, iteration and every RNG state. A re-run of `train` with
 the same `out_dir` continues from it, so a run killed mid-way ends bit-identical on CPU to one never
-interrupted (the loader order is a pure function of (seed, epoch)). A finished run is a no-op.
+interrupted (the loader order is a pure function of (seed, epoch)). A finished run is a no-op. A checkpoint
+written with other training settings, or by other tood/ source code, is not resumed but started afresh:
+DVC keeps runs/ between runs (persist) and re-runs a train stage after any tood/ edit, which must retrain.
 
 Only rank 0 logs, writes files and talks to MLflow; under torchrun every rank trains a
 DistributedDataParallel replica on a `global_batch // world_size` slice of each global batch.
@@ -17,6 +19,7 @@ DistributedDataParallel replica on a `global_batch // world_size` slice of each 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -132,6 +135,14 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 def load_checkpoint(path: Path) -> dict | None:
     return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+
+
+def source_fingerprint() -> str:
+    """sha256 over the tood/ package's .py files (names and bytes): the code a checkpoint was trained with."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def training_fingerprint(config: dict) -> dict:
@@ -507,6 +518,7 @@ def _save(state: TrainState, cfg: RunConfig, seed: int, dataset, run, out_dir: P
             "images_seen": state.images_seen,
             "rng": rng_state(),
             "seed": seed,
+            "source": source_fingerprint(),
             "mlflow_run_id": run.info.run_id,
             "config": cfg.to_dict(),
             "cat_ids": [int(c) for c in dataset.cat_ids],
@@ -525,6 +537,8 @@ def _usable_checkpoint(path: Path, cfg: RunConfig, seed: int) -> dict | None:
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if ckpt.get("seed") != seed:
         changed.append("seed")
+    if ckpt.get("source") != source_fingerprint():
+        changed.append("tood/ source code")
     if changed:
         warnings.warn(
             f"{path} was trained with different settings ({', '.join(changed[:5])}); starting afresh"
