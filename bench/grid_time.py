@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -23,10 +24,13 @@ STAGE_LINE = re.compile(r"Running stage '([^']+)'")
 def run_repro(force: bool) -> tuple[float, list[tuple[str, float]]]:
     """(total seconds, [(stage, seconds), ...] in run order); raises if dvc fails."""
     cmd = [sys.executable, "-m", "dvc", "repro", *(["--force"] if force else [])]
+    # dvc.yaml's commands say `python`: make it this interpreter's environment (the project's .venv) even
+    # when the script was started as .venv/bin/python without activating it.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     start = time.perf_counter()
     marks: list[tuple[str, float]] = []
     tail: list[str] = []
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
         for line in proc.stdout:
             tail = (tail + [line])[-40:]
             match = STAGE_LINE.search(line)
