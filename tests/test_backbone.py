@@ -7,7 +7,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from tood.backbone import FPN, ResNetC3C5, WeightsUnavailableError, build_backbone
+from tood.backbone import FPN, PretrainedBackboneError, ResNetC3C5, WeightsUnavailableError, build_backbone
 from tood.config import ModelConfig
 
 STRIDES = (8, 16, 32, 64, 128)
@@ -24,7 +24,7 @@ def test_five_maps_with_strides_8_to_128(hw):
 
 
 def test_resnet50_stage_channels():
-    body = ResNetC3C5(50, pretrained=False, frozen_stages=1)
+    body = ResNetC3C5(50, pretrained="none", frozen_stages=1)
     c3, c4, c5 = body(torch.randn(1, 3, 64, 64))
     assert body.out_channels == (512, 1024, 2048)
     assert [c3.shape[1], c4.shape[1], c5.shape[1]] == [512, 1024, 2048]
@@ -43,7 +43,7 @@ def test_extra_levels_are_on_the_p5_output_without_relu():
 
 def test_from_scratch_trains_everything_with_plain_bn():
     model = build_backbone(
-        ModelConfig(depth=18, pretrained=False, frozen_stages=1, fpn_channels=16, gn_groups=4)
+        ModelConfig(depth=18, pretrained="none", frozen_stages=1, fpn_channels=16, gn_groups=4)
     )
     assert all(p.requires_grad for p in model.parameters())
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
@@ -58,9 +58,9 @@ def test_offline_pretrained_request_fails_fast_with_instructions(tmp_path, monke
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     with pytest.raises(WeightsUnavailableError) as err:
-        build_backbone(ModelConfig(depth=18, pretrained=True, fpn_channels=16, gn_groups=4))
+        build_backbone(ModelConfig(depth=18, pretrained="imagenet", fpn_channels=16, gn_groups=4))
     message = str(err.value)
-    assert "no network" in message and "pretrained: false" in message
+    assert "no network" in message and "pretrained: none" in message
     assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in message
 
 
@@ -70,7 +70,7 @@ def test_pretrained_loads_from_the_hub_cache_and_freezes(tmp_path, monkeypatch):
     reference = torchvision.models.resnet18()
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     torch.save(reference.state_dict(), tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
-    body = ResNetC3C5(18, pretrained=True, frozen_stages=1, norm="frozen_bn")
+    body = ResNetC3C5(18, pretrained="imagenet", frozen_stages=1, norm="frozen_bn")
     assert torch.equal(body.stages[1][0].conv1.weight, reference.layer2[0].conv1.weight)
     assert torch.equal(body.stem[1].running_var, reference.bn1.running_var)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in body.modules())  # all BN frozen (norm_eval)
@@ -108,3 +108,50 @@ def test_bf16_autocast_p6_p7_gradients_stay_finite_on_1x1_maps():
     fpn = FPN((16, 32, 64), 16)
     feats = [torch.randn(2, 16, 4, 4), torch.randn(2, 32, 2, 2), torch.randn(2, 64, 1, 1)]  # P5 1x1
     assert nonfinite(fpn, feats) == 0
+
+
+def _pretrain_checkpoint(path, depth=18, seed=0):
+    """A checkpoint as the `pretrain` stage writes it (tood.pretrain.save_backbone), from a random classifier."""
+    from tood.config import PretrainConfig
+    from tood.pretrain import build_classifier, save_backbone
+
+    torch.manual_seed(seed)
+    classifier = build_classifier(depth, 12)
+    for m in classifier.modules():  # non-trivial statistics, so loading them into FrozenBN is visible
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    save_backbone(path, classifier, depth, PretrainConfig(), {"top1_val": 0.5})
+    return classifier
+
+
+def test_pretrain_checkpoint_loads_into_frozen_bn_and_freezes_stem_and_stage1(tmp_path):
+    classifier = _pretrain_checkpoint(tmp_path / "backbone.pt")
+    body = ResNetC3C5(18, pretrained=str(tmp_path / "backbone.pt"), frozen_stages=1, norm="frozen_bn")
+    assert torch.equal(body.stages[2][1].conv2.weight, classifier.layer3[1].conv2.weight)
+    assert torch.equal(body.stem[1].running_mean, classifier.bn1.running_mean)
+    assert torch.equal(body.stages[0][0].bn1.running_var, classifier.layer1[0].bn1.running_var)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in body.modules())
+    assert not any(p.requires_grad for p in (*body.stem.parameters(), *body.stages[0].parameters()))
+    assert all(p.requires_grad for stage in body.stages[1:] for p in stage.parameters())
+    classifier.eval()  # C5 of the loaded body == the classifier's layer4 output (eval-mode BN)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        c = classifier
+        expected = c.layer4(c.layer3(c.layer2(c.layer1(c.maxpool(c.relu(c.bn1(c.conv1(x))))))))
+        assert torch.allclose(body(x)[2], expected, atol=1e-5)
+
+
+def test_pretrain_checkpoint_path_is_relative_to_dvc_root(tmp_path, monkeypatch):
+    _pretrain_checkpoint(tmp_path / "runs" / "backbone.pt")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.chdir("/")
+    ResNetC3C5(18, pretrained="runs/backbone.pt", frozen_stages=1, norm="frozen_bn")
+
+
+def test_missing_or_wrong_depth_pretrain_checkpoint_fails_naming_it(tmp_path):
+    with pytest.raises(PretrainedBackboneError, match="no such file.*dvc repro pretrain"):
+        ResNetC3C5(18, pretrained=str(tmp_path / "nope.pt"), frozen_stages=1)
+    _pretrain_checkpoint(tmp_path / "r18.pt")
+    with pytest.raises(PretrainedBackboneError, match=r"r18.pt is not a backbone checkpoint of a ResNet-34"):
+        ResNetC3C5(34, pretrained=str(tmp_path / "r18.pt"), frozen_stages=1)

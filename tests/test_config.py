@@ -79,7 +79,7 @@ def test_resolved_config_round_trips(tmp_path):
         ),
         (lambda p: p["model"].update(anchor="both"), ["model.anchor", "'both'", "'free'", "'based'"]),
         (lambda p: p["model"].update(depth=152), ["model.depth", "152", "18"]),
-        (lambda p: p["model"].update(pretrained="yes"), ["model.pretrained", "'yes'", "bool"]),
+        (lambda p: p["model"].update(pretrained=True), ["model.pretrained", "True", "str"]),
         (lambda p: p["train"].update(epochs=2.5), ["train.epochs", "2.5", "int"]),
         (lambda p: p["train"].update(epochs=True), ["train.epochs", "True", "int"]),
         (lambda p: p["train"].update(batchsize=8), ["train.batchsize", "unknown key"]),

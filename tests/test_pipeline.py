@@ -60,7 +60,7 @@ def test_coco_profile_is_the_reference_recipe(tmp_path):
     assert cfg.data.dataset == "coco2017" and cfg.data.img_scale == (1333, 800)
     assert (cfg.model.depth, cfg.model.pretrained, cfg.model.fpn_channels, cfg.model.stacked_convs) == (
         50,
-        True,
+        "imagenet",
         256,
         6,
     )

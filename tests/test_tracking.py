@@ -78,7 +78,7 @@ def test_run_params_render_numbers_one_way():
     assert (params["alpha"], params["beta"], params["assign.alpha"]) == ("1.0", "6.0", "1.0")
     assert (params["head"], params["assigner"], params["anchor"]) == ("tood", "tal", "free")
     assert params["seed"] == "2" and params["model.depth"] == "50"
-    assert params["data.img_scale"] == "[1333, 800]" and params["model.pretrained"] == "false"
+    assert params["data.img_scale"] == "[1333, 800]" and params["model.pretrained"] == "none"
     assert params["seeds"] == "[0]" and params["variant"] == "tood"
 
 

@@ -4,14 +4,17 @@ Reference neck: FPN(start_level=1, add_extra_convs='on_output', num_outs=5) with
 relu_before_extra_convs=False, so P6 = conv3x3/2(P5 output) and P7 = conv3x3/2(P6) with no ReLU
 in between (FCOS's config turns that ReLU on; TOOD's and ATSS's do not). We follow the TOOD config.
 
-Two regimes:
-- pretrained=True (COCO recipe): torchvision ImageNet weights, `norm: frozen_bn` (every BN a
-  FrozenBatchNorm2d, mmdet's norm_eval=True + frozen affine) and the stem plus the first `frozen_stages`
-  stages frozen [R].
-- pretrained=False (the embedded default, trained from scratch): `norm: bn`, plain trainable BatchNorm,
-  nothing frozen. `sync_bn` is the same layer, converted to SyncBatchNorm by tood.train under multi-GPU
-  DDP. `frozen_bn` from scratch is an identity BN (mean 0, var 1): no normalisation at all, so every rank
-  computes exactly what one process would (the DDP equality test uses it).
+Initialisation (`model.pretrained`):
+- "imagenet" (COCO recipe): torchvision's ImageNet weights.
+- a path: the body of a classifier written by the `pretrain` stage (tood/pretrain.py), our offline
+  stand-in for ImageNet (the shapes profiles).
+  With either, the recipe's freezing applies [R]: the stem plus the first `frozen_stages` stages get no
+  gradient, and `norm: frozen_bn` makes every BN a FrozenBatchNorm2d holding the pretrained statistics
+  (mmdet's norm_eval=True + frozen affine).
+- "none" (from scratch): nothing frozen; `norm: bn` is plain trainable BatchNorm. `sync_bn` is the same
+  layer, converted to SyncBatchNorm by tood.train under multi-GPU DDP. `frozen_bn` from scratch is an
+  identity BN (mean 0, var 1): no normalisation at all, so every rank computes exactly what one process
+  would (the DDP equality test uses it).
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from torch import Tensor, nn
 from torchvision import models
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from tood.config import ModelConfig
+from tood.config import ModelConfig, resolve_repo_path
+
+NO_WEIGHTS = "none"  # model.pretrained value that loads nothing (also used to rebuild a trained detector)
 
 # depth -> (builder, ImageNet weights, C3-C5 channels); mmdet's torchvision://resnetXX are the V1 weights
 _RESNETS = {
@@ -51,7 +56,7 @@ def imagenet_state_dict(weights: models.WeightsEnum, probe_timeout_s: float = 10
     cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
     help_text = (
         f"ImageNet weights {filename} are not in the torch hub cache and cannot be downloaded from "
-        f"{weights.url} (this machine seems to have no network). Either set `model.pretrained: false` "
+        f"{weights.url} (this machine seems to have no network). Either set `model.pretrained: none` "
         f"in params.yaml, or download the file on a machine with network access and copy it to "
         f"{cached} (i.e. $TORCH_HOME/hub/checkpoints/{filename}; TORCH_HOME defaults to ~/.cache/torch)."
     )
@@ -66,23 +71,50 @@ def imagenet_state_dict(weights: models.WeightsEnum, probe_timeout_s: float = 10
         raise WeightsUnavailableError(f"{help_text} Cause: {e}") from e
 
 
+class PretrainedBackboneError(RuntimeError):
+    """A `model.pretrained` checkpoint path is missing, unreadable or made for another ResNet depth."""
+
+
+def pretrained_state_dict(pretrained: str, depth: int) -> dict | None:
+    """The ResNet body weights `model.pretrained` names (without fc), or None for "none"."""
+    if pretrained == NO_WEIGHTS:
+        return None
+    if pretrained == "imagenet":
+        return {k: v for k, v in imagenet_state_dict(_RESNETS[depth][1]).items() if not k.startswith("fc.")}
+    path = resolve_repo_path(pretrained)
+    if not path.is_file():
+        raise PretrainedBackboneError(
+            f"model.pretrained: {pretrained}: no such file ({path}); run the `pretrain` stage "
+            "(dvc repro pretrain), or use none / imagenet"
+        )
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or ckpt.get("depth") != depth:
+        got = ckpt.get("depth") if isinstance(ckpt, dict) else None
+        raise PretrainedBackboneError(
+            f"model.pretrained: {path} is not a backbone checkpoint of a ResNet-{depth} (depth {got}); "
+            "re-run the `pretrain` stage with this model.depth"
+        )
+    return ckpt["state_dict"]
+
+
 class ResNetC3C5(nn.Module):
     """torchvision ResNet without avgpool/fc; forward returns [C3, C4, C5] (strides 8, 16, 32)."""
 
-    def __init__(self, depth: int, pretrained: bool, frozen_stages: int, norm: str = "bn"):
+    def __init__(self, depth: int, pretrained: str, frozen_stages: int, norm: str = "bn"):
         super().__init__()
         if depth not in _RESNETS:
             raise ValueError(f"ResNet depth {depth} not supported; choose one of {sorted(_RESNETS)}")
-        builder, weights, self.out_channels = _RESNETS[depth]
-        state_dict = imagenet_state_dict(weights) if pretrained else None  # fail before building
+        builder, _, self.out_channels = _RESNETS[depth]
+        state_dict = pretrained_state_dict(pretrained, depth)  # fail before building
         if norm not in ("bn", "sync_bn", "frozen_bn"):
             raise ValueError(f"unknown norm {norm!r}; expected 'bn', 'sync_bn' or 'frozen_bn'")
         net = builder(weights=None, norm_layer=FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d)
+        del net.fc  # unused: the detector reads C3-C5
         if state_dict is not None:
             net.load_state_dict(state_dict)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
-        if pretrained:  # [R] frozen_stages=1: stem + layer1; from scratch nothing is frozen
+        if pretrained != NO_WEIGHTS:  # [R] frozen_stages=1: stem + layer1; from scratch nothing is frozen
             frozen = [self.stem, *self.stages[: max(frozen_stages, 0)]] if frozen_stages >= 0 else []
             for module in frozen:
                 module.requires_grad_(False)
@@ -132,7 +164,7 @@ class FPN(nn.Module):
 
 
 class BackboneFPN(nn.Module):
-    def __init__(self, depth: int, pretrained: bool, frozen_stages: int, fpn_channels: int, norm: str = "bn"):
+    def __init__(self, depth: int, pretrained: str, frozen_stages: int, fpn_channels: int, norm: str = "bn"):
         super().__init__()
         self.body = ResNetC3C5(depth, pretrained, frozen_stages, norm)
         self.fpn = FPN(self.body.out_channels, fpn_channels)

@@ -5,6 +5,7 @@ params.yaml layout (see the file itself for every value and its source):
     alpha, beta          top-level: the headline TOOD run's TAL exponents (t = s^alpha * u^beta, paper Eq. 9)
     seeds                list of seeds every variant is trained with
     shapes               generator settings of the embedded synthetic dataset
+    pretrain             the `pretrain` stage: our stand-in for ImageNet (shape-crop classification)
     data, model, assign, loss, optim, train, eval    shared sections, one dataclass each
     headline             overrides for the headline `tood` variant (its alpha/beta come from the top level)
     variants             {name: overrides}, one entry per paper ablation cell
@@ -47,6 +48,11 @@ class ShapesConfig:
     image_size: int = 128  # square canvas side in pixels
     num_classes: int = 6
     max_objects: int = 12  # per image; crowding is drawn from 1..max_objects
+    # object side sqrt(w*h) before rotation and occlusion: drawn from `size_distribution` between the floor
+    # min_side_px and max_side_fraction * image_size (log-uniform: as many objects per octave of size)
+    min_side_px: float = 4.0
+    max_side_fraction: float = 0.9
+    size_distribution: Literal["log_uniform", "uniform"] = "log_uniform"
     jpeg_quality: int = 90
 
     def __post_init__(self):
@@ -55,7 +61,44 @@ class ShapesConfig:
         _check_range(self, "image_size", lo=32)
         _check_range(self, "num_classes", lo=1, hi=12)
         _check_range(self, "max_objects", lo=1)
+        _check_range(self, "min_side_px", lo=1.0)
+        _check_range(self, "max_side_fraction", lo=0.0, hi=0.95, lo_open=True)
         _check_range(self, "jpeg_quality", lo=1, hi=100)
+        if self.min_side_px > self.max_side_fraction * self.image_size:
+            raise ConfigError(
+                f"shapes.min_side_px: {self.min_side_px} is larger than shapes.max_side_fraction * "
+                f"shapes.image_size ({self.max_side_fraction * self.image_size:g} px)"
+            )
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """The `pretrain` stage: our offline stand-in for ImageNet (tood/pretrain.py), a ResNet of model.depth
+    classifying shape crops. Its checkpoint is what `model.pretrained` names in the shapes profiles."""
+
+    seed: int = 1000  # crop generator + training seed (crops use their own stream: tood.shapes.render_crop)
+    num_train: int = 8192
+    num_val: int = 1024
+    crop_size: int = 64  # square crop side in pixels
+    num_classes: int = 12  # shape kinds to classify: all 12, a superset of the detection classes
+    epochs: int = 6
+    batch_size: int = 128
+    lr: float = 0.1  # peak lr after the linear warm-up, then cosine to 0
+    warmup_iters: int = 50
+    weight_decay: float = 1e-4
+
+    def __post_init__(self):
+        for name in ("num_train", "num_val", "epochs", "batch_size"):
+            _check_range(self, name, lo=1)
+        _check_range(self, "crop_size", lo=32)
+        _check_range(self, "num_classes", lo=2, hi=12)
+        _check_range(self, "lr", lo=0.0, lo_open=True)
+        _check_range(self, "warmup_iters", lo=0)
+        _check_range(self, "weight_decay", lo=0.0)
+        if self.batch_size > self.num_train:
+            raise ConfigError(
+                f"pretrain.batch_size: {self.batch_size} is larger than pretrain.num_train ({self.num_train})"
+            )
 
 
 @dataclass(frozen=True)
@@ -90,10 +133,10 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     depth: Literal[18, 34, 50, 101] = 50  # torchvision ResNet depth
-    pretrained: bool = False  # ImageNet weights through torchvision's weights API (needs network or cache)
-    frozen_stages: int = (
-        1  # with pretrained weights: stem + stage 1 frozen, BN frozen [R]; ignored from scratch
-    )
+    # backbone initialisation: "none" (from scratch), "imagenet" (torchvision's weights API; needs network
+    # or the hub cache) or the path of a checkpoint written by the `pretrain` stage (relative to the repo)
+    pretrained: str = "none"
+    frozen_stages: int = 1  # with pretrained weights: stem + this many stages frozen [R]; none from scratch
     # backbone norm: trainable BN (stats per rank under DDP), SyncBN (stats over all GPUs; CUDA only), or
     # FrozenBatchNorm2d (mmdet norm_eval=True + frozen affine [R], the COCO recipe with ImageNet weights)
     norm: Literal["bn", "sync_bn", "frozen_bn"] = "bn"
@@ -105,6 +148,8 @@ class ModelConfig:
     anchor: Literal["free", "based"] = "free"  # points + ltrb distances, or 8*stride square + delta-xywh [R]
 
     def __post_init__(self):
+        if not self.pretrained.strip():
+            raise ConfigError("model.pretrained: '' is empty; use none, imagenet or a checkpoint path")
         _check_range(self, "frozen_stages", lo=-1, hi=4)
         _check_range(self, "fpn_channels", lo=1)
         _check_range(self, "stacked_convs", lo=1)
@@ -220,6 +265,7 @@ class RunConfig:
     variant: str
     seeds: tuple[int, ...] = (0,)
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     assign: AssignConfig = field(default_factory=AssignConfig)
@@ -249,14 +295,17 @@ class RunConfig:
         return from_dict(cls, json.loads(Path(path).read_text()), str(path))
 
 
-def resolve_data_root(root: str | Path) -> Path:
-    """A relative data root is relative to the DVC repo root ($DVC_ROOT; queued `dvc exp` runs execute in
-    temporary copies of the repo, so all of them share the main checkout's data) or else the CWD."""
-    root = Path(root)
-    return root if root.is_absolute() else Path(os.environ.get("DVC_ROOT") or os.getcwd()) / root
+def resolve_repo_path(path: str | Path) -> Path:
+    """A relative path is relative to the DVC repo root ($DVC_ROOT; queued `dvc exp` runs execute in
+    temporary copies of the repo, so all of them share the main checkout's data and backbone) or the CWD."""
+    path = Path(path)
+    return path if path.is_absolute() else Path(os.environ.get("DVC_ROOT") or os.getcwd()) / path
 
 
-_SECTIONS = ("shapes", "data", "model", "assign", "loss", "optim", "train", "eval")
+resolve_data_root = resolve_repo_path  # data.root is the main user of this rule
+
+
+_SECTIONS = ("shapes", "pretrain", "data", "model", "assign", "loss", "optim", "train", "eval")
 _TOP_LEVEL = {"alpha", "beta", "seeds", "headline", "variants", *_SECTIONS}
 
 
@@ -403,6 +452,7 @@ def _check_range(obj: Any, name: str, lo=None, hi=None, lo_open: bool = False) -
 
 _SECTION_OF = {
     "ShapesConfig": "shapes",
+    "PretrainConfig": "pretrain",
     "DataConfig": "data",
     "ModelConfig": "model",
     "AssignConfig": "assign",

@@ -7,6 +7,7 @@ calls: load last.pt (weights_only), run the val split, return one flat metrics d
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -14,6 +15,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from tood.assigners import choose_assigner
+from tood.backbone import NO_WEIGHTS
 from tood.config import AssignConfig, EvalConfig, RunConfig, from_dict
 from tood.data import Batch, build_loader
 from tood.detector import Detections, Detector
@@ -95,7 +97,8 @@ def config_from_checkpoint(ckpt: dict, where: str = "checkpoint") -> RunConfig:
 def load_detector(ckpt: dict, device: torch.device, where: str = "checkpoint") -> tuple[Detector, RunConfig]:
     """Rebuild the trained detector from a checkpoint dict (model from the checkpoint's own config)."""
     train_cfg = config_from_checkpoint(ckpt, where)
-    detector = Detector(train_cfg.model, len(ckpt["cat_ids"]))
+    # the checkpoint holds every weight: never load (or download) the initial backbone again
+    detector = Detector(dataclasses.replace(train_cfg.model, pretrained=NO_WEIGHTS), len(ckpt["cat_ids"]))
     detector.load_state_dict(ckpt["model"])
     return detector.to(device).eval(), train_cfg
 

@@ -5,7 +5,8 @@ classifies an object best and the prior that localises it best can differ:
 - the class is decided by shape alone; colours and textured fills come from one shared palette;
 - 1..max_objects objects per image (skewed towards few), a share of them placed next to an earlier
   object: crowds, heavy overlap, occlusion (later objects are painted over earlier ones);
-- log-uniform sizes from 4 px to 0.9 * image_size, aspect ratios 1/3..3 where the shape allows it;
+- sizes from shapes.min_side_px to shapes.max_side_fraction * image_size (log-uniform by default), aspect
+  ratios 1/3..3 where the shape allows it;
 - shapes whose mass is off the box centre (ring, L, T, triangle, crescent, arrow);
 - textured backgrounds (gradient, stripes, low-frequency noise, checker), clutter strokes drawn
   under and over the objects, pixel noise, JPEG.
@@ -39,8 +40,6 @@ from tood.boxes import pairwise_iou
 from tood.config import ShapesConfig
 
 SPLITS = ("train", "val")
-MIN_SIDE = 4.0  # smallest object side (sqrt(w*h)) before rotation, in pixels
-MAX_SIDE_FRACTION = 0.9  # largest object side as a fraction of image_size
 MIN_VISIBLE_FRACTION = 0.3  # drop objects occluded by more than 70%
 MIN_VISIBLE_PIXELS = 4
 NEAR_PREVIOUS_PROB = 0.4  # chance an object is centred next to an earlier one (crowds)
@@ -233,9 +232,19 @@ def _clutter_mask(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.asarray(img) > 0
 
 
-def _place_object(rng: np.random.Generator, kind: ShapeKind, size: int, centres: list) -> list:
-    """The kind's outline parts in pixels: log-uniform size, aspect, rotation, centre (maybe in a crowd)."""
-    side = math.exp(rng.uniform(math.log(MIN_SIDE), math.log(MAX_SIDE_FRACTION * size)))
+def draw_side(rng: np.random.Generator, cfg: ShapesConfig) -> float:
+    """An object's side sqrt(w*h) in pixels, before rotation: cfg.size_distribution on [floor, max]."""
+    lo, hi = cfg.min_side_px, cfg.max_side_fraction * cfg.image_size
+    if cfg.size_distribution == "log_uniform":
+        return math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    return rng.uniform(lo, hi)
+
+
+def _place_object(
+    rng: np.random.Generator, kind: ShapeKind, side: float, size: int, centres: list, centre=None
+) -> list:
+    """The kind's outline parts in pixels: aspect, rotation and, unless `centre` is given, a centre (next to
+    an earlier one in `centres` for a crowd, else anywhere) for an object of the given side."""
     aspect = math.exp(rng.uniform(-math.log(kind.max_aspect), math.log(kind.max_aspect)))
     wh = np.minimum([side * math.sqrt(aspect), side / math.sqrt(aspect)], 0.95 * size)
     if kind.axis_aligned:
@@ -245,7 +254,9 @@ def _place_object(rng: np.random.Generator, kind: ShapeKind, size: int, centres:
     rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
     parts = [((pts * wh) @ rot.T, fill) for pts, fill in kind.outline(rng)]
     half = np.max(np.abs(np.concatenate([p for p, _ in parts])), axis=0)  # (2,) half extents
-    if centres and rng.random() < NEAR_PREVIOUS_PROB:
+    if centre is not None:
+        centre = np.asarray(centre, dtype=float)
+    elif centres and rng.random() < NEAR_PREVIOUS_PROB:
         near = centres[rng.integers(len(centres))]
         centre = near + rng.normal(0, 0.5, 2) * np.maximum(half, 4)
     else:
@@ -271,7 +282,7 @@ def render_image(cfg: ShapesConfig, split: str, index: int) -> tuple[np.ndarray,
     num = min(cfg.max_objects, 1 + int(cfg.max_objects * rng.random() ** 1.6))
     labels, full_area, centres = rng.integers(cfg.num_classes, size=num), [], []
     for i, label in enumerate(labels):
-        mask = _rasterise(_place_object(rng, KINDS[label], size, centres), size)
+        mask = _rasterise(_place_object(rng, KINDS[label], draw_side(rng, cfg), size, centres), size)
         canvas[mask] = _fill(rng, *np.nonzero(mask))
         owner[mask] = i
         full_area.append(int(mask.sum()))
@@ -288,6 +299,45 @@ def render_image(cfg: ShapesConfig, split: str, index: int) -> tuple[np.ndarray,
             objects.append({"label": int(label), "mask": visible, "visible_fraction": count / full_area[i]})
     dropped = sum(1 for a in full_area if a) - len(objects)
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), objects, dropped
+
+
+# ---------------------------------------------------------------------------------------------------
+# classification crops: the pretraining task (our offline stand-in for ImageNet)
+
+CROP_STREAM = 7  # SeedSequence entry that keeps crops apart from the detection splits' (0, 1) streams
+
+
+def render_crop(seed: int, index: int, size: int, num_kinds: int) -> tuple[np.ndarray, int]:
+    """Crop `index`: one shape of a random kind (the label) near the centre, on the detection set's
+    backgrounds, fills and clutter, with distractor shapes around it and sometimes over it.
+
+    The stream (seed, CROP_STREAM, index) never coincides with a detection image's (seed, split, index), and
+    the pretraining stage also uses its own seed, so no detection image is ever drawn here.
+    Returns an (S, S, 3) uint8 image and the label in [0, num_kinds).
+    """
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed % 2**63, CROP_STREAM, index])))
+    canvas = _background(rng, size)  # (S, S, 3)
+    for _ in range(rng.poisson(1.5)):
+        mask = _clutter_mask(rng, size)
+        canvas[mask] = _fill(rng, *np.nonzero(mask))
+    for _ in range(rng.integers(3)):  # smaller distractors under the object, anywhere (often cut by the edge)
+        side = math.exp(rng.uniform(math.log(0.1 * size), math.log(0.35 * size)))
+        mask = _rasterise(_place_object(rng, KINDS[rng.integers(num_kinds)], side, size, []), size)
+        canvas[mask] = _fill(rng, *np.nonzero(mask))
+    label = int(rng.integers(num_kinds))
+    side = math.exp(rng.uniform(math.log(0.4 * size), math.log(0.85 * size)))  # the largest shape
+    centre = size / 2 + rng.uniform(-0.1, 0.1, 2) * size
+    mask = _rasterise(_place_object(rng, KINDS[label], side, size, [], centre=centre), size)
+    canvas[mask] = _fill(rng, *np.nonzero(mask))
+    if rng.random() < 0.3:  # a small occluder over the object
+        side = math.exp(rng.uniform(math.log(0.1 * size), math.log(0.25 * size)))
+        mask = _rasterise(_place_object(rng, KINDS[rng.integers(num_kinds)], side, size, []), size)
+        canvas[mask] = _fill(rng, *np.nonzero(mask))
+    for _ in range(rng.poisson(0.5)):
+        mask = _clutter_mask(rng, size)
+        canvas[mask] = _fill(rng, *np.nonzero(mask))
+    canvas += rng.normal(0, rng.uniform(2, 8), canvas.shape)
+    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), label
 
 
 # ---------------------------------------------------------------------------------------------------

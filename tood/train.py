@@ -19,6 +19,7 @@ DistributedDataParallel replica on a `global_batch // world_size` slice of each 
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import math
@@ -38,7 +39,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from tood import tracking
-from tood.config import OptimConfig, RunConfig, resolve_data_root
+from tood.config import OptimConfig, RunConfig, resolve_data_root, resolve_repo_path
 from tood.data import CocoDetection, build_loader
 from tood.detector import Detector
 
@@ -143,6 +144,24 @@ def source_fingerprint() -> str:
     for path in sorted(Path(__file__).parent.glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def init_fingerprint(pretrained: str) -> str:
+    """What the backbone starts from: "none", "imagenet", or the sha256 of the `pretrain` checkpoint file
+    (its path alone would let a re-run pretraining stage leave stale finished runs in place)."""
+    if pretrained in ("none", "imagenet"):
+        return pretrained
+    path = resolve_repo_path(pretrained)
+    if not path.is_file():
+        return f"missing:{pretrained}"
+    stat = path.stat()
+    return _file_sha256(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
+    """sha256 of a file, computed once per (path, mtime, size): every epoch's checkpoint records it."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def training_fingerprint(config: dict) -> dict:
@@ -519,6 +538,7 @@ def _save(state: TrainState, cfg: RunConfig, seed: int, dataset, run, out_dir: P
             "rng": rng_state(),
             "seed": seed,
             "source": source_fingerprint(),
+            "init": init_fingerprint(cfg.model.pretrained),
             "mlflow_run_id": run.info.run_id,
             "config": cfg.to_dict(),
             "cat_ids": [int(c) for c in dataset.cat_ids],
@@ -539,6 +559,8 @@ def _usable_checkpoint(path: Path, cfg: RunConfig, seed: int) -> dict | None:
         changed.append("seed")
     if ckpt.get("source") != source_fingerprint():
         changed.append("tood/ source code")
+    if ckpt.get("init") != init_fingerprint(cfg.model.pretrained):
+        changed.append("model.pretrained checkpoint")
     if changed:
         warnings.warn(
             f"{path} was trained with different settings ({', '.join(changed[:5])}); starting afresh"
