@@ -48,8 +48,7 @@ def tiny_params(tmp_path) -> Path:
         "alpha": 1.0, "beta": 6.0,
         "data": {"dataset": "coco2017", "root": str(tmp_path / "coco"), "val_images": "val2017",
                  "val_ann": "annotations/instances_val2017.json", "img_scale": [64, 64]},
-        "model": {"depth": 18, "fpn_channels": FEAT, "stacked_convs": N, "gn_groups": GROUPS, "norm": "frozen_bn",
-                  "pretrained": False},
+        "model": {"depth": 18, "fpn_channels": FEAT, "stacked_convs": N, "gn_groups": GROUPS, "norm": "frozen_bn"},
         "eval": {"batch_size": 2},
     }  # fmt: skip
     path = tmp_path / "params.yaml"
