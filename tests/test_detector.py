@@ -2,6 +2,7 @@
 the original image) and the loss dispatch between the ATSS warm-up and TAL."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -69,28 +70,69 @@ def test_boxes_are_clipped_and_flips_undone():
     assert torch.allclose(det.boxes, torch.tensor([[88.0, 20, 128, 120]]))
 
 
-def test_centerness_factor_applies_only_when_asked():
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def test_centerness_multiplies_after_the_threshold_not_before():
+    """Hand-worked [mmdet ATSSHead: filter_scores_and_topk on sigmoid(cls), then x score_factors]:
+    prior 0: cls 0.08 > 0.05, centerness 0.5 -> product 0.04 < 0.05, still kept with score 0.04;
+    prior 1: cls 0.04 < 0.05, centerness 0.99 -> dropped by the threshold on the raw score;
+    prior 2: cls 0.30, centerness 0.5 -> 0.15. Without the factor prior 0 keeps its raw 0.08."""
+    scores = torch.zeros(A, 3)
+    scores[0, 1], scores[1, 0], scores[2, 2] = 0.08, 0.04, 0.30
+    centerness = torch.full((1, A), _logit(0.5))
+    centerness[0, 1] = _logit(0.99)
+    boxes = _boxes_at((0, 0, 10, 10), (20, 20, 30, 30), (40, 40, 50, 50))
+    out = _output(scores, boxes, centerness)
+    detector = _detector()
+    (det,) = detector.postprocess(out, [META], IMAGE, EvalConfig(), use_centerness=True)
+    assert det.labels.tolist() == [2, 1]
+    assert torch.allclose(det.scores, torch.tensor([0.15, 0.04]))
+    (raw,) = detector.postprocess(out, [META], IMAGE, EvalConfig(), use_centerness=False)
+    assert raw.labels.tolist() == [2, 1] and torch.allclose(raw.scores, torch.tensor([0.30, 0.08]))
+
+
+def test_nms_pre_topk_ranks_by_the_raw_class_score():
+    """nms_pre=1 on P3: prior 0 (cls 0.9, centerness 0.1 -> 0.09) beats prior 1 (cls 0.5, centerness 0.9
+    -> 0.45) on the raw score, so prior 0 is the one kept, with its product 0.09."""
+    scores = torch.zeros(A, 3)
+    scores[0, 0], scores[1, 0] = 0.9, 0.5
+    centerness = torch.zeros(1, A)
+    centerness[0, 0], centerness[0, 1] = _logit(0.1), _logit(0.9)
+    boxes = _boxes_at((0, 0, 10, 10), (20, 20, 30, 30))
+    out = _output(scores, boxes, centerness)
+    (det,) = _detector().postprocess(out, [META], IMAGE, EvalConfig(nms_pre=1), use_centerness=True)
+    assert torch.allclose(det.scores, torch.tensor([0.09])) and torch.allclose(
+        det.boxes[0, 2:], torch.tensor([20.0, 20.0])
+    )
+
+
+def test_centerness_is_ignored_when_not_asked_or_absent():
     scores = torch.zeros(A, 3)
     scores[0, 0] = 0.5
-    centerness = torch.full((1, A), -100.0)  # sigmoid ~ 0
     boxes = _boxes_at((0, 0, 10, 10))
     detector = _detector()
-    assert (
-        len(
-            detector.postprocess(_output(scores, boxes, centerness), [META], IMAGE, EvalConfig(), True)[
-                0
-            ].scores
-        )
-        == 0
-    )
-    assert (
-        len(
-            detector.postprocess(_output(scores, boxes, centerness), [META], IMAGE, EvalConfig(), False)[
-                0
-            ].scores
-        )
-        == 1
-    )
+    for out, use in (
+        (_output(scores, boxes, torch.full((1, A), -100.0)), False),
+        (_output(scores, boxes), True),
+    ):
+        (det,) = detector.postprocess(out, [META], IMAGE, EvalConfig(), use)
+        assert det.scores.tolist() == [0.5]
+
+
+def test_zero_area_boxes_after_clipping_are_dropped():
+    """mmdet 3.x min_bbox_size=0 keeps only w > 0 and h > 0: a zero-width box, and a box that clipping to
+    the 64x60 resized image flattens to zero width (x 70..90 -> 64..64), are dropped; the third is kept."""
+    scores = torch.zeros(A, 3)
+    scores[0, 0], scores[1, 1], scores[2, 2] = 0.9, 0.8, 0.7
+    boxes = _boxes_at((10, 10, 10, 30), (70, 10, 90, 30), (5, 61, 20, 70), (30, 30, 40, 40))
+    scores[3, 0] = 0.6
+    meta = {**META, "img_size": (60, 64)}
+    (det,) = _detector().postprocess(_output(scores, boxes), [meta], IMAGE, EvalConfig(), False)
+    # (5, 61, 20, 70) clips to h = 60 - 60 = 0 as well: only prior 3 survives
+    assert det.labels.tolist() == [0] and torch.allclose(det.scores, torch.tensor([0.6]))
+    assert torch.allclose(det.boxes, torch.tensor([[60.0, 60, 80, 80]]))
 
 
 def test_loss_switches_from_atss_warmup_to_tal_by_explicit_epoch():

@@ -139,42 +139,91 @@ class Detector(nn.Module):
         eval_cfg: EvalConfig,
         use_centerness: bool,
     ) -> list[Detections]:
-        """Top-k per level, score threshold, class-wise NMS, max detections; boxes in original pixels.
+        """Score threshold and top-k per level, clip, drop empty boxes, class-wise NMS, max detections.
 
         metas[i] needs img_size (h, w) after resize, scale_factor and flipped; image_size is the padded (H, W).
+        Boxes come back in original-image pixels. The source of each step is in `_postprocess_image`.
 
-        `use_centerness` multiplies the score by the predicted centerness, as the standard ATSS
-        detector does at test time [mmdet ATSSHead]; TOOD's sqrt(P*M) score is used as is [R].
+        `use_centerness` multiplies the selected scores by sigmoid(centerness), as the standard ATSS
+        detector does at test time; the threshold and the top-k see the raw class score [mmdet ATSSHead]
+        (`centerness_factor`). TOOD's sqrt(P*M) score is used as is [R].
         """
         scores = out.scores.float()  # (B, A, C)
-        if use_centerness and out.centerness is not None:
-            scores = scores * out.centerness.float().sigmoid()[..., None]
+        factors = centerness_factor(out, use_centerness)  # (B, A) or None
         num_per_level = self.priors_for_image_size(*image_size).num_per_level
-        return [
-            _postprocess_image(scores[i], out.boxes[i].float(), num_per_level, metas[i], eval_cfg)
-            for i in range(scores.shape[0])
-        ]
+        detections = []
+        for i in range(scores.shape[0]):
+            factors_i = None if factors is None else factors[i]  # (A,)
+            detections.append(
+                _postprocess_image(
+                    scores[i], out.boxes[i].float(), factors_i, num_per_level, metas[i], eval_cfg
+                )
+            )
+        return detections
+
+
+def centerness_factor(out: HeadOutput, use_centerness: bool) -> Tensor | None:
+    """(B, A) sigmoid(centerness) that multiplies the class scores at test time, or None (T-Head, TAL).
+
+    Applied after the score threshold and the per-level top-k, never before: mmdet's ATSSHead
+    (`filter_scores_and_topk` on the raw sigmoid score, then `_bbox_post_process` multiplies the
+    `score_factors`) and the original ATSS (`box_cls > pre_nms_thresh` before `box_cls * centerness`).
+    """
+    if not use_centerness or out.centerness is None:
+        return None
+    return out.centerness.float().sigmoid()
 
 
 def _postprocess_image(
-    scores: Tensor, boxes: Tensor, num_per_level: tuple[int, ...], meta: dict, cfg: EvalConfig
+    scores: Tensor,
+    boxes: Tensor,
+    factors: Tensor | None,
+    num_per_level: tuple[int, ...],
+    meta: dict,
+    cfg: EvalConfig,
 ) -> Detections:
-    """scores (A, C), boxes (A, 4) in the resized image -> Detections in the original image."""
+    """scores (A, C), boxes (A, 4) in the resized image, factors (A,) | None -> Detections in the original.
+
+    Step by step, with the source each follows (README "Faithfulness"):
+    1. per level, (prior, class) pairs with raw score > score_thr, then the top nms_pre of them
+       [mmdet TOOD/ATSS heads since 2.18, and 3.x: filter_scores_and_topk; fcjian keeps the top
+       nms_pre priors by max class score and thresholds after];
+    2. scores x centerness factor, parallel ATSS head only [mmdet ATSSHead score_factors];
+    3. clip to the resized image [fcjian bbox_limited; mmdet ATSS clips in decode, mmdet TOOD does not],
+       undo flip and resize;
+    4. drop boxes with w <= 0 or h <= 0 [mmdet 3.x _bbox_post_process, min_bbox_size=0];
+    5. class-wise NMS at nms_iou, keep max_per_img [all sources: batched_nms].
+    """
+    priors, labels, det_scores = _select_candidates(scores, num_per_level, cfg)  # (K,) each
+    if factors is not None:
+        det_scores = det_scores * factors[priors]
+    det_boxes = _to_original(boxes[priors], meta)  # (K, 4)
+    nonempty = (det_boxes[:, 2] > det_boxes[:, 0]) & (det_boxes[:, 3] > det_boxes[:, 1])  # (K,)
+    det_boxes, det_scores, labels = det_boxes[nonempty], det_scores[nonempty], labels[nonempty]
+    keep = batched_nms(det_boxes, det_scores, labels, cfg.nms_iou)[: cfg.max_per_img]  # class-wise NMS
+    return Detections(boxes=det_boxes[keep], scores=det_scores[keep], labels=labels[keep])
+
+
+def _select_candidates(
+    scores: Tensor, num_per_level: tuple[int, ...], cfg: EvalConfig
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per level: (prior, class) pairs scoring > score_thr, then the nms_pre best [mmdet filter_scores_and_topk].
+
+    scores (A, C) -> prior indices (K,) into A, labels (K,), their scores (K,); levels concatenated.
+    """
     C = scores.shape[1]
-    keep_scores, keep_boxes, keep_labels = [], [], []
-    # mmdet's get_bboxes: per level keep (prior, class) pairs above score_thr, then the top nms_pre
-    for level_scores, level_boxes in zip(scores.split(num_per_level), boxes.split(num_per_level)):
+    priors, labels, kept = [], [], []
+    offset = 0
+    for level_scores in scores.split(num_per_level):
         flat = level_scores.reshape(-1)  # (A_l * C,)
         candidates = (flat > cfg.score_thr).nonzero().squeeze(1)
         if candidates.numel() > cfg.nms_pre:
             candidates = candidates[flat[candidates].topk(cfg.nms_pre).indices]
-        keep_scores.append(flat[candidates])
-        keep_boxes.append(level_boxes[candidates // C])
-        keep_labels.append(candidates % C)
-    det_scores, det_boxes, det_labels = torch.cat(keep_scores), torch.cat(keep_boxes), torch.cat(keep_labels)
-    det_boxes = _to_original(det_boxes, meta)
-    keep = batched_nms(det_boxes, det_scores, det_labels, cfg.nms_iou)[: cfg.max_per_img]  # class-wise NMS
-    return Detections(boxes=det_boxes[keep], scores=det_scores[keep], labels=det_labels[keep])
+        priors.append(candidates // C + offset)
+        labels.append(candidates % C)
+        kept.append(flat[candidates])
+        offset += level_scores.shape[0]
+    return torch.cat(priors), torch.cat(labels), torch.cat(kept)
 
 
 def _to_original(boxes: Tensor, meta: dict) -> Tensor:

@@ -18,7 +18,7 @@ from tood.assigners import choose_assigner
 from tood.backbone import NO_WEIGHTS
 from tood.config import AssignConfig, EvalConfig, RunConfig, from_dict
 from tood.data import Batch, build_loader
-from tood.detector import Detections, Detector
+from tood.detector import Detections, Detector, centerness_factor
 from tood.evaluate import alignment_stats, coco_eval, detections_to_coco, summarize_alignment
 from tood.heads import HeadOutput
 from tood.train import build_dataset, pick_device
@@ -67,11 +67,17 @@ def run_inference(
 
 
 def test_scores(out: HeadOutput, use_centerness: bool) -> Tensor:
-    """(B, A, C) pre-NMS scores as Detector.postprocess ranks them (x sigmoid(centerness) for ATSS)."""
+    """(B, A, C) pre-NMS scores of every prior: the score its detection would carry.
+
+    For the parallel ATSS head that is sigmoid(cls) x sigmoid(centerness) (`centerness_factor`), for the
+    T-Head sqrt(P*M). The Table 6 analysis ranks candidates by this score, because it is the one that
+    ranks the final detections (NMS and COCO AP). Detector.postprocess *selects* (score_thr, nms_pre) on
+    the raw class score and multiplies afterwards [mmdet ATSSHead]; the analysis takes every prior, so
+    that selection order does not enter it.
+    """
     scores = out.scores.float()
-    if use_centerness and out.centerness is not None:
-        scores = scores * out.centerness.float().sigmoid()[..., None]
-    return scores
+    factors = centerness_factor(out, use_centerness)  # (B, A) or None
+    return scores if factors is None else scores * factors[..., None]
 
 
 def image_alignment(scores: Tensor, boxes: Tensor, batch: Batch, i: int, det: Detections) -> dict:
