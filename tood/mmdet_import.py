@@ -38,11 +38,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from tood.backbone import NO_WEIGHTS
 from tood.config import HEADLINE, RunConfig, load_params, resolve_run_config
 from tood.detector import Detector
 
 # The `model.pretrained` value that never downloads anything: an imported checkpoint carries every weight.
-NO_DOWNLOAD_PRETRAINED = False
+NO_DOWNLOAD_PRETRAINED = NO_WEIGHTS
 
 # COCO 2017 category ids and names; label l of a COCO detector is COCO_CATEGORIES[l].
 COCO_CATEGORIES: tuple[tuple[int, str], ...] = (
