@@ -53,6 +53,7 @@ class ShapesConfig:
     min_side_px: float = 4.0
     max_side_fraction: float = 0.9
     size_distribution: Literal["log_uniform", "uniform"] = "log_uniform"
+    min_visible_fraction: float = 0.3  # objects hidden by more than 1 - this are dropped (no box)
     jpeg_quality: int = 90
 
     def __post_init__(self):
@@ -63,6 +64,7 @@ class ShapesConfig:
         _check_range(self, "max_objects", lo=1)
         _check_range(self, "min_side_px", lo=1.0)
         _check_range(self, "max_side_fraction", lo=0.0, hi=0.95, lo_open=True)
+        _check_range(self, "min_visible_fraction", lo=0.0, hi=1.0)
         _check_range(self, "jpeg_quality", lo=1, hi=100)
         if self.min_side_px > self.max_side_fraction * self.image_size:
             raise ConfigError(

@@ -11,7 +11,7 @@ classifies an object best and the prior that localises it best can differ:
 - textured backgrounds (gradient, stripes, low-frequency noise, checker), clutter strokes drawn
   under and over the objects, pixel noise, JPEG.
 Boxes are those of the VISIBLE pixels after all painting, as COCO's are; an object with less than
-MIN_VISIBLE_FRACTION of its pixels visible is dropped. Segmentations are compressed RLE of the visible
+shapes.min_visible_fraction of its pixels visible is dropped. Segmentations are compressed RLE of the visible
 mask (pycocotools reads RLE for iscrowd=0 as well) and `area` is the visible pixel count, as in COCO.
 Each annotation also carries a non-standard `visible_fraction` used by the statistics report.
 
@@ -40,7 +40,6 @@ from tood.boxes import pairwise_iou
 from tood.config import ShapesConfig
 
 SPLITS = ("train", "val")
-MIN_VISIBLE_FRACTION = 0.3  # drop objects occluded by more than 70%
 MIN_VISIBLE_PIXELS = 4
 NEAR_PREVIOUS_PROB = 0.4  # chance an object is centred next to an earlier one (crowds)
 STRIDES = (8, 16, 32, 64, 128)  # P3-P7
@@ -295,7 +294,7 @@ def render_image(cfg: ShapesConfig, split: str, index: int) -> tuple[np.ndarray,
     for i, label in enumerate(labels):
         visible = owner == i
         count = int(visible.sum())
-        if full_area[i] and count >= MIN_VISIBLE_PIXELS and count >= MIN_VISIBLE_FRACTION * full_area[i]:
+        if full_area[i] and count >= MIN_VISIBLE_PIXELS and count >= cfg.min_visible_fraction * full_area[i]:
             objects.append({"label": int(label), "mask": visible, "visible_fraction": count / full_area[i]})
     dropped = sum(1 for a in full_area if a) - len(objects)
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), objects, dropped
@@ -580,8 +579,8 @@ def _class_table(stats: dict[str, dict]) -> list[str]:
 
 def _occlusion_table(stats: dict[str, dict]) -> list[str]:
     note = (
-        f"Visible fraction = visible / full pixels of an object; objects under {MIN_VISIBLE_FRACTION:.0%} "
-        "visible are dropped. Overlapping = box IoU > 0.3 with another box of the same image."
+        "Visible fraction = visible / full pixels of an object; the generator drops objects less visible than "
+        "`shapes.min_visible_fraction`. Overlapping = box IoU > 0.3 with another box of the same image."
     )
     header = ["split", "mean visible", "min visible", "occluded (< 99% visible)", "overlapping", "dropped"]
     rows = []
