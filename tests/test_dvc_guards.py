@@ -70,9 +70,9 @@ def test_a_misspelt_key_fails_the_next_repro_in_seconds_naming_it(repo, edit, ke
         code, log, ran, seconds = _dvc(["repro"], repo, env)  # the whole pipeline, training included
     finally:
         (repo / "params.yaml").write_text(original)
-    assert code != 0 and f"{key}: unknown" in log or f"key '{key}'" in log, log
+    assert code != 0 and (f"{key}: unknown" in log or f"key '{key}'" in log), log
     assert ran == {"check_params"}, log  # nothing else started
-    assert seconds < 60, seconds
+    assert seconds < 60, seconds  # DVC's own start-up plus ~0.3 s of checking; training would take minutes
 
 
 @pytest.mark.slow

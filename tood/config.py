@@ -19,6 +19,7 @@ work starts.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import re
@@ -323,8 +324,16 @@ def load_params(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: top level must be a mapping, got {type(params).__name__}")
     unknown = sorted(set(params) - _TOP_LEVEL)
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key '{unknown[0]}'; allowed: {sorted(_TOP_LEVEL)}")
+        raise ConfigError(
+            f"{path}: unknown top-level key '{unknown[0]}'{_did_you_mean(unknown[0], _TOP_LEVEL)}; "
+            f"allowed: {sorted(_TOP_LEVEL)}"
+        )
     return params
+
+
+def _did_you_mean(key: str, allowed) -> str:
+    close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:
@@ -382,7 +391,8 @@ def resolve_run_config(params: dict[str, Any], variant: str, where: str = "param
             sections["assign"][key] = value
         else:
             raise ConfigError(
-                f"{where}: {key_prefix}.{key}: unknown override; allowed: {sorted(model_keys | assign_keys)}"
+                f"{where}: {key_prefix}.{key}: unknown override{_did_you_mean(key, model_keys | assign_keys)}; "
+                f"allowed: {sorted(model_keys | assign_keys)}"
             )
     raw = {"variant": variant, "seeds": params.get("seeds", [0]), **sections}
     return from_dict(RunConfig, raw, where)
@@ -412,7 +422,9 @@ def from_dict(cls: type, raw: Any, where: str, prefix: str = "") -> Any:
     unknown = sorted(set(raw) - names)
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise ConfigError(f"{where}: {key}: unknown key; allowed: {sorted(names)}")
+        raise ConfigError(
+            f"{where}: {key}: unknown key{_did_you_mean(unknown[0], names)}; allowed: {sorted(names)}"
+        )
     kwargs = {}
     for name, value in raw.items():
         key = f"{prefix}.{name}" if prefix else name
