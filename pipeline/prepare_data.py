@@ -106,7 +106,7 @@ def _write_report(dataset: str, root: Path, splits: dict, checks, md: str, png: 
     with tempfile.TemporaryDirectory() as tmp:
         for split, (_, ann) in splits.items():
             path = root / ann
-            if dataset != "shapes":  # a real file may lack `area` or hold degenerate boxes: a cleaned copy
+            if dataset == "coco":  # yours may lack `area` or hold degenerate boxes: a cleaned copy
                 path = Path(tmp) / f"{split}.json"
                 path.write_text(json.dumps(stats_ready(load_coco(root / ann))))
             stats[split] = dataset_stats(path)

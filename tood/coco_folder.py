@@ -113,7 +113,7 @@ def stats_ready(data: dict) -> dict:
     (as in training and evaluation) and `area` filled in as w*h where the file has none."""
     left_out = {b["id"] for b in degenerate_boxes(data["annotations"])}
     anns = [
-        {**a, "area": a.get("area", a["bbox"][2] * a["bbox"][3])}
+        a if "area" in a else {**a, "area": a["bbox"][2] * a["bbox"][3]}  # copies only what changes
         for a in data["annotations"]
         if a["id"] not in left_out
     ]
