@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check_paths(checkpoint: Path, images: Path, out: Path) -> None:
-    """CliError unless the checkpoint is a file, images a folder, and out neither images nor inside it.
+    """CliError unless the checkpoint is a file, images a folder, and out a folder (or new) that is neither
+    images nor inside it.
 
     Paths are compared after resolving symlinks, so a link to the input folder (or to a folder inside it)
     is refused as well.
@@ -89,6 +90,8 @@ def check_paths(checkpoint: Path, images: Path, out: Path) -> None:
         raise CliError(f"--checkpoint {checkpoint}: no such file")
     if not images.is_dir():
         raise CliError(f"--images {images}: not a folder")
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out}: exists and is not a folder")
     src, dst = images.resolve(), out.resolve()
     if dst == src or src in dst.parents:
         where = "is the --images folder" if dst == src else "lies inside the --images folder"

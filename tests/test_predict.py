@@ -89,6 +89,8 @@ def test_out_may_not_be_the_input_folder_inside_it_or_a_link_to_it(checkpoint, i
         with pytest.raises(CliError, match=why):
             predict.main(_argv(checkpoint, images, out))
     assert snapshot(images) == before
+    with pytest.raises(CliError, match="exists and is not a folder"):
+        predict.main(_argv(checkpoint, images, images / "a dog.png"))
 
 
 def test_an_output_file_linked_to_an_input_is_replaced_not_written_through(checkpoint, images, tmp_path):
