@@ -29,7 +29,7 @@ def _dvc(args: list[str], repo: Path, env: dict) -> tuple[int, str, set[str], fl
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> tuple[Path, dict]:
-    """A tiny-profile copy of the repo in which `dvc repro data` has run once."""
+    """A tiny-profile copy of the repo in which `dvc repro data pretrain` has run once."""
     repo = tmp_path_factory.mktemp("guards")
     _copy_repo(repo)
     _tiny_profile(repo)
@@ -40,8 +40,8 @@ def repo(tmp_path_factory) -> tuple[Path, dict]:
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
     subprocess.run([*git, "commit", "-qm", "tiny"], cwd=repo, check=True)
-    code, log, ran, _ = _dvc(["repro", "data"], repo, env)
-    assert code == 0 and ran == {"check_params", "data"}, log
+    code, log, ran, _ = _dvc(["repro", "data", "pretrain"], repo, env)
+    assert code == 0 and ran == {"check_params", "data", "pretrain"}, log
     return repo, env
 
 
@@ -80,8 +80,8 @@ def test_a_valid_edit_reruns_the_check_and_nothing_more_for_it(repo):
     repo, env = repo
     original = _edit_params(repo, lambda p: p["train"].update(epochs=3))  # only the train stages read it
     try:
-        code, log, ran, _ = _dvc(["repro", "data"], repo, env)
-        assert code == 0 and ran == {"check_params"}, log  # same data+shapes config: `data` is not re-run
+        code, log, ran, _ = _dvc(["repro", "data", "pretrain"], repo, env)
+        assert code == 0 and ran == {"check_params"}, log  # the stamp is unchanged: `data` is not re-run
         _edit_params(repo, lambda p: p["shapes"].update(num_val=3))
         code, log, ran, _ = _dvc(["repro", "data"], repo, env)
         assert code == 0 and ran == {"check_params", "data"}, log
