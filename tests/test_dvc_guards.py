@@ -14,6 +14,8 @@ import yaml
 from coco_quirks import TRAIN_ANN, TRAIN_IMAGES, VAL_ANN, VAL_IMAGES, make_quirky_coco, snapshot
 from test_end_to_end import _copy_repo, _tiny_profile
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def _dvc(args: list[str], repo: Path, env: dict) -> tuple[int, str, set[str], float]:
     """(exit code, output, names of the stages that ran, seconds)."""
@@ -29,7 +31,7 @@ def _dvc(args: list[str], repo: Path, env: dict) -> tuple[int, str, set[str], fl
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> tuple[Path, dict]:
-    """A tiny-profile copy of the repo in which `dvc repro data pretrain` has run once."""
+    """A tiny-profile copy of the repo in which `dvc repro data` has run once."""
     repo = tmp_path_factory.mktemp("guards")
     _copy_repo(repo)
     _tiny_profile(repo)
@@ -40,9 +42,33 @@ def repo(tmp_path_factory) -> tuple[Path, dict]:
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
     subprocess.run([*git, "commit", "-qm", "tiny"], cwd=repo, check=True)
-    code, log, ran, _ = _dvc(["repro", "data", "pretrain"], repo, env)
-    assert code == 0 and ran == {"check_params", "data", "pretrain"}, log
+    code, log, ran, _ = _dvc(["repro", "data"], repo, env)
+    assert code == 0 and ran == {"check_params", "data"}, log
     return repo, env
+
+
+def _paths(entries: list) -> set[str]:
+    return {next(iter(e)) if isinstance(e, dict) else e for e in entries or []}
+
+
+def test_every_stage_without_an_upstream_stage_waits_for_the_params_check():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    bodies = {name: stage.get("do", stage) for name, stage in stages.items()}
+    produced = {
+        name: _paths(b.get("outs")) | _paths(b.get("metrics")) | _paths(b.get("plots"))
+        for name, b in bodies.items()
+    }
+    stamp = "data/params.checked"
+    assert produced["check_params"] == {stamp} and "params.yaml" in bodies["check_params"]["deps"]
+    for name, body in bodies.items():
+        if name == "check_params":
+            continue
+        deps = set(body.get("deps", []))
+        upstream = [other for other, outs in produced.items() if other != name and deps & outs]
+        assert upstream, f"stage {name} has no upstream stage, so it could start before check_params"
+        assert stamp not in deps or upstream == ["check_params"], (
+            f"{name}: the stamp belongs to root stages only"
+        )
 
 
 def _edit_params(repo: Path, edit) -> str:
@@ -80,7 +106,7 @@ def test_a_valid_edit_reruns_the_check_and_nothing_more_for_it(repo):
     repo, env = repo
     original = _edit_params(repo, lambda p: p["train"].update(epochs=3))  # only the train stages read it
     try:
-        code, log, ran, _ = _dvc(["repro", "data", "pretrain"], repo, env)
+        code, log, ran, _ = _dvc(["repro", "data"], repo, env)
         assert code == 0 and ran == {"check_params"}, log  # the stamp is unchanged: `data` is not re-run
         _edit_params(repo, lambda p: p["shapes"].update(num_val=3))
         code, log, ran, _ = _dvc(["repro", "data"], repo, env)
