@@ -7,6 +7,7 @@ import argparse
 import importlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -60,15 +61,17 @@ def test_the_cli_list_is_complete():
 @pytest.mark.parametrize("name", CLIS)
 def test_help_imports_nothing_heavy_and_answers_in_under_2_s(name):
     module = f"pipeline.{name}"
-    best = None
-    for _ in range(3):  # the fastest of 3: this machine is shared, and the claim is about our imports
-        start = time.perf_counter()
-        proc = _run(["-c", _HELP_PROBE, module, ",".join(HEAVY)], REPO)
-        elapsed = time.perf_counter() - start
-        probe = json.loads(proc.stdout.strip().splitlines()[-1])
-        assert probe["code"] == 0 and probe["heavy"] == [], probe
-        best = elapsed if best is None else min(best, elapsed)
-    assert best < 2.0, f"{module} --help took {best:.2f} s"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = _run(["-c", _HELP_PROBE, module, ",".join(HEAVY)], REPO)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    probe = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert probe["code"] == 0 and probe["heavy"] == [], probe
+    # CPU seconds, not wall time: this machine is shared (wall time triples under load), and CPU time is
+    # what the imports cost; importing torch alone is several CPU seconds
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert cpu < 2.0, f"{module} --help used {cpu:.2f} CPU s ({wall:.2f} s wall)"
 
 
 class _Parsed(Exception):
