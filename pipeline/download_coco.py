@@ -9,6 +9,7 @@ import argparse
 import logging
 import sys
 
+from pipeline.cli import run
 from tood.download import COCO_BASE_URL, DownloadError, UnsafeArchiveError, prepare_coco2017
 
 
@@ -49,4 +50,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

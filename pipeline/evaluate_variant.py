@@ -15,24 +15,23 @@ import math
 import statistics
 from pathlib import Path
 
+from pipeline.cli import run
 from tood import tracking
 from tood.config import RunConfig, load_run_config
-from tood.evaluate import ALIGN_KEYS, COCO_KEYS
-from tood.inference import evaluate_checkpoint
-
-METRIC_KEYS = (*COCO_KEYS, *ALIGN_KEYS)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--variant", required=True)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--variant", required=True, help="variant name in params.yaml (or 'tood')")
     parser.add_argument("--runs", type=Path, required=True, help="the variant's run folder (train --out)")
     parser.add_argument("--out", type=Path, required=True, help="metrics JSON to write")
     parser.add_argument("--data-root", type=Path, default=None, help="overrides data.root of params.yaml")
     args = parser.parse_args(argv)
 
     cfg = load_run_config(args.params, args.variant)
+    from tood.inference import evaluate_checkpoint  # torch + pycocotools: after parsing, so --help is fast
+
     tracking.configure_tracking()
     per_seed = {}
     for seed in cfg.seeds:
@@ -56,8 +55,10 @@ def log_to_run(cfg: RunConfig, seed: int, run_id: str, metrics: dict) -> None:
 
 def aggregate(cfg: RunConfig, per_seed: dict[str, dict]) -> dict:
     """Mean and sample std over seeds of every metric; NaN (undefined) metrics become null."""
+    from tood.evaluate import ALIGN_KEYS, COCO_KEYS
+
     mean, std = {}, {}
-    for key in METRIC_KEYS:
+    for key in (*COCO_KEYS, *ALIGN_KEYS):
         values = [s[key] for s in per_seed.values() if s.get(key) is not None]
         mean[key] = statistics.fmean(values) if values else None
         std[key] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
@@ -82,4 +83,4 @@ def _clean(value):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)

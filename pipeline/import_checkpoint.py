@@ -18,11 +18,8 @@ import math
 import sys
 from pathlib import Path
 
-import torch
-
-from tood.config import ConfigError, RunConfig
-from tood.inference import config_from_checkpoint, evaluate_checkpoint
-from tood.mmdet_import import CheckpointImportError, import_checkpoint, load_source
+from pipeline.cli import run
+from tood.config import RunConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,12 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evaluate", type=Path, metavar="METRICS_JSON", help="evaluate DST on COCO val")
     parser.add_argument("--data-root", type=Path, default=None, help="overrides data.root of --params")
     args = parser.parse_args(argv)
+    import torch  # after parsing, so --help is fast
+
+    from tood.inference import config_from_checkpoint, evaluate_checkpoint
+    from tood.mmdet_import import CheckpointImportError, import_checkpoint, load_source
 
     try:
         ckpt = import_checkpoint(
             load_source(args.src, args.allow_pickle), args.params, args.anchor, source_name=str(args.src)
         )
-    except (CheckpointImportError, ConfigError) as e:
+    except CheckpointImportError as e:  # a ConfigError goes to pipeline.cli.run: one line, exit 2
         print(f"import_checkpoint: {args.src}: {e}", file=sys.stderr)
         return 1
     args.dst.parent.mkdir(parents=True, exist_ok=True)
@@ -67,4 +68,4 @@ def _finite(value):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)

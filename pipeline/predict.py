@@ -4,8 +4,13 @@
 
 Writes <out>/<file name> (each image with its labelled boxes) and <out>/detections.json: COCO results
 [{image_id, file_name, category_id, category_name, bbox [x, y, w, h], score}] where image_id is the
-image's index in sorted file-name order. Images go through the same resize/normalise code as training
-(a temporary COCO file describing the folder is handed to tood.data.CocoDetection).
+image's index in sorted file-name order among the readable images. Images go through the same
+resize/normalise code as training (a temporary COCO file describing the folder is handed to
+tood.data.CocoDetection).
+
+The input folder is never written to: --out may not be it, lie inside it, or resolve to it through a
+symlink, and each output file replaces its path instead of writing through a link. An image that cannot
+be read is reported on stderr and skipped.
 """
 
 from __future__ import annotations
@@ -13,44 +18,115 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import pickle
+import sys
 import tempfile
 from pathlib import Path
 
-import torch
 from PIL import Image, ImageDraw
 
+from pipeline.cli import CliError, run
 from tood.config import RunConfig
-from tood.data import CocoDetection, build_loader
-from tood.inference import load_detector, run_inference, uses_centerness
-from tood.train import pick_device
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")
 COLOURS = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180))
+_CHECKPOINT_KEYS = ("config", "model", "cat_ids", "class_names")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--images", type=Path, required=True, help="folder of .jpg/.jpeg/.png images")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--checkpoint", type=Path, required=True, help="a training checkpoint, e.g. runs/tood/seed0/last.pt"
+    )
+    parser.add_argument(
+        "--images",
+        type=Path,
+        required=True,
+        help="folder of .jpg/.jpeg/.png images (read only, not recursive)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="folder for the boxed images and detections.json (not --images)",
+    )
     parser.add_argument("--score-thr", type=float, default=0.3, help="keep detections scoring at least this")
     args = parser.parse_args(argv)
+    check_paths(args.checkpoint, args.images, args.out)
+    from tood.inference import load_detector  # torch: after parsing, so --help and path errors are fast
+    from tood.train import pick_device
 
-    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(args.checkpoint)
     detector, cfg = load_detector(ckpt, pick_device(), where=str(args.checkpoint))
-    names = list(ckpt["class_names"])
-    files = sorted(p.name for p in args.images.iterdir() if p.suffix.lower() in EXTENSIONS)
+    files, skipped = readable_images(args.images)
+    for name, reason in skipped:
+        print(f"predict: skipped {args.images / name}: {reason}", file=sys.stderr)
     if not files:
-        raise SystemExit(f"no {'/'.join(EXTENSIONS)} images in {args.images}")
+        raise CliError(
+            f"--images {args.images}: no readable {'/'.join(EXTENSIONS)} images ({len(skipped)} unreadable)"
+        )
+    names = list(ckpt["class_names"])
     results = predict(detector, cfg, args.images, files, ckpt["cat_ids"], names, score_thr=args.score_thr)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "detections.json").write_text(json.dumps(results, indent=1) + "\n")
+    _replace(args.out / "detections.json", lambda tmp: tmp.write_text(json.dumps(results, indent=1) + "\n"))
     for image_id, name in enumerate(files):
         draw_detections(
             args.images / name, [r for r in results if r["image_id"] == image_id], args.out / name
         )
-    print(f"{len(results)} detections on {len(files)} images -> {args.out}")
+    note = f" ({len(skipped)} unreadable images skipped)" if skipped else ""
+    print(f"{len(results)} detections on {len(files)} images -> {args.out}{note}")
     return 0
+
+
+def check_paths(checkpoint: Path, images: Path, out: Path) -> None:
+    """CliError unless the checkpoint is a file, images a folder, and out a folder (or new) that is neither
+    images nor inside it.
+
+    Paths are compared after resolving symlinks, so a link to the input folder (or to a folder inside it)
+    is refused as well.
+    """
+    if not checkpoint.is_file():
+        raise CliError(f"--checkpoint {checkpoint}: no such file")
+    if not images.is_dir():
+        raise CliError(f"--images {images}: not a folder")
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out}: exists and is not a folder")
+    src, dst = images.resolve(), out.resolve()
+    if dst == src or src in dst.parents:
+        where = "is the --images folder" if dst == src else "lies inside the --images folder"
+        raise CliError(f"--out {out} {where} {images} ({src}); predict never writes among its inputs")
+
+
+def load_checkpoint(path: Path) -> dict:
+    """torch.load(weights_only) of a training checkpoint; CliError (one line) if it is not one."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CliError(f"--checkpoint {path}: not a readable PyTorch checkpoint ({reason})") from None
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CliError(f"--checkpoint {path}: not a training checkpoint of this project (no {missing})")
+    return ckpt
+
+
+def readable_images(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """(sorted names of the images that decode, [(name, why not) for those that do not])."""
+    files, skipped = [], []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in EXTENSIONS or not path.is_file():
+            continue
+        try:
+            with Image.open(path) as im:
+                im.load()  # a full decode: a truncated file opens fine and fails only here
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            skipped.append((path.name, str(e) or type(e).__name__))
+            continue
+        files.append(path.name)
+    return files, skipped
 
 
 def predict(
@@ -60,6 +136,9 @@ def predict(
 
     Post-processing is the evaluation one (cfg.eval) with its score threshold replaced by `score_thr`.
     """
+    from tood.data import CocoDetection, build_loader
+    from tood.inference import run_inference, uses_centerness
+
     with tempfile.TemporaryDirectory() as tmp:
         ann_file = Path(tmp) / "images.json"
         ann_file.write_text(json.dumps(folder_as_coco(image_dir, files, cat_ids, names)))
@@ -93,6 +172,7 @@ def draw_detections(src: Path, results: list[dict], dst: Path) -> None:
     """Draw each detection's box and "name score" label onto a copy of the image."""
     with Image.open(src) as im:
         canvas = im.convert("RGB")
+    file_format = "JPEG" if src.suffix.lower() in (".jpg", ".jpeg") else "PNG"
     draw = ImageDraw.Draw(canvas)
     for r in sorted(results, key=lambda r: r["score"]):  # best drawn last, on top
         x, y, w, h = r["bbox"]
@@ -103,8 +183,16 @@ def draw_detections(src: Path, results: list[dict], dst: Path) -> None:
         ty = max(y - (bottom - top) - 2, 0)
         draw.rectangle((x, ty, x + right - left + 2, ty + bottom - top + 2), fill=colour)
         draw.text((x + 1, ty), label, fill=(0, 0, 0))
-    canvas.save(dst)
+    _replace(dst, lambda tmp: canvas.save(tmp, format=file_format))
+
+
+def _replace(dst: Path, write) -> None:
+    """write(tmp) next to dst, then rename over dst: a symlink or hard link at dst is replaced, never written
+    through (it could point at an input image)."""
+    tmp = dst.with_name(f".{dst.name}.part")
+    write(tmp)
+    os.replace(tmp, dst)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)

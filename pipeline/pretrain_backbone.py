@@ -15,6 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
+from pipeline.cli import run
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -71,4 +73,4 @@ def _write_unused(out: Path, note: str) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)

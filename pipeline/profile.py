@@ -14,6 +14,7 @@ import argparse
 import shutil
 from pathlib import Path
 
+from pipeline.cli import run
 from tood.config import load_params, resolve_run_config, variant_names
 
 PROFILES = Path(__file__).resolve().parents[1] / "profiles"
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("name", choices=names)
+    parser.add_argument("name", choices=names, help="profile to copy over params.yaml (profiles/<name>.yaml)")
     parser.add_argument("--params", default="params.yaml", help="the params file to overwrite")
     args = parser.parse_args(argv)
 
@@ -37,4 +38,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

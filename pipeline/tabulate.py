@@ -13,30 +13,34 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tood.config import ConfigError, load_params
-from tood.report import ReportError, tabulate
+from pipeline.cli import run
+from tood.config import load_params
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", type=Path)
-    parser.add_argument("--metrics-dir", default="reports/metrics", type=Path)
+    parser.add_argument(
+        "--params", default="params.yaml", type=Path, help="params file (variants, alpha, beta)"
+    )
+    parser.add_argument("--metrics-dir", default="reports/metrics", type=Path, help="holds <variant>.json")
     parser.add_argument("--runs-dir", default="runs", type=Path, help="holds <variant>/seed<k>/losses.csv")
     parser.add_argument("--curves-dir", default=None, type=Path, help="<variant>.csv curves, if present")
-    parser.add_argument("--out", default="reports/tables.md", type=Path)
-    parser.add_argument("--summary", default="reports/summary.json", type=Path)
-    parser.add_argument("--figures", default="reports/figures", type=Path)
+    parser.add_argument("--out", default="reports/tables.md", type=Path, help="markdown tables to write")
+    parser.add_argument("--summary", default="reports/summary.json", type=Path, help="summary JSON to write")
+    parser.add_argument("--figures", default="reports/figures", type=Path, help="folder for the PNG figures")
     args = parser.parse_args(argv)
+    from tood.report import ReportError, tabulate  # matplotlib: after parsing, so --help is fast
+
     try:
-        params = load_params(args.params)
+        params = load_params(args.params)  # a ConfigError goes to pipeline.cli.run: one line, exit 2
         tabulate(
             params, args.metrics_dir, args.runs_dir, args.out, args.summary, args.figures,
             where=str(args.params), curves_dir=args.curves_dir,
         )  # fmt: skip
-    except (ConfigError, ReportError) as e:
+    except ReportError as e:
         raise SystemExit(f"tabulate: error: {e}") from None  # one message, no traceback
     print(f"wrote {args.out}, {args.summary} and figures under {args.figures}")
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -15,11 +15,8 @@ import json
 import os
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-
+from pipeline.cli import run
 from tood.config import load_run_config
-from tood.train import train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     cfg = load_run_config(args.params, args.variant)
+    import torch  # after parsing and the config check: --help and a bad params.yaml answer at once
+    import torch.distributed as dist
+
+    from tood.train import train
+
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
     if distributed:  # launched by torchrun: NCCL on GPU, gloo on CPU
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -71,4 +73,4 @@ def _mean(values: list[str]) -> float | str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)

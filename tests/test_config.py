@@ -68,8 +68,9 @@ def test_resolved_config_round_trips(tmp_path):
 @pytest.mark.parametrize(
     ("edit", "needles"),
     [
-        (lambda p: p.update(alpha=-1.0), ["assign.alpha", "-1.0", ">= 0.0"]),
-        (lambda p: p.update(beta="six"), ["assign.beta", "'six'", "number"]),
+        (lambda p: p.update(alpha=-1.0), ["params.yaml: alpha: -1.0", ">= 0.0"]),  # not as assign.alpha
+        (lambda p: p.update(beta="six"), ["params.yaml: beta: 'six'", "number"]),
+        (lambda p: p["assign"].update(alpha=-1.0), ["assign.alpha", "-1.0", ">= 0.0"]),
         (lambda p: p["optim"].update(lr=-0.01), ["optim.lr", "-0.01", "> 0.0"]),
         (lambda p: p["optim"].update(lr=0), ["optim.lr", "0", "> 0.0"]),
         (lambda p: p["model"].update(head="retina"), ["model.head", "'retina'", "'tood'", "'parallel'"]),

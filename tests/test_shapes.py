@@ -16,7 +16,16 @@ from pycocotools.coco import COCO
 from pipeline.prepare_data import main
 from tood.boxes import pairwise_iou
 from tood.config import ShapesConfig
-from tood.shapes import CATEGORY_IDS, KINDS, dataset_stats, fpn_levels, generate, write_stats
+from tood.shapes import (
+    CATEGORY_IDS,
+    KINDS,
+    MARKER,
+    ForeignFolderError,
+    dataset_stats,
+    fpn_levels,
+    generate,
+    write_stats,
+)
 
 TINY = ShapesConfig(seed=3, num_train=6, num_val=3, image_size=64, num_classes=6, max_objects=8)
 
@@ -211,3 +220,51 @@ def test_cli_writes_dataset_manifest_and_report(tmp_path, monkeypatch):
     before = manifest_path.read_bytes()
     main(argv)  # idempotent: same params -> same bytes
     assert manifest_path.read_bytes() == before
+
+
+def test_generator_marks_its_folder_and_regenerates_only_there(tmp_path):
+    generate(TINY, tmp_path / "new" / "shapes")  # a folder that does not exist yet is created and marked
+    assert (tmp_path / "new" / "shapes" / MARKER).is_file()
+    (tmp_path / "empty").mkdir()
+    generate(TINY, tmp_path / "empty")  # an empty folder holds nothing to lose
+    assert (tmp_path / "empty" / MARKER).is_file()
+    legacy = tmp_path / "legacy"  # generated before the marker existed: recognised by its own files
+    generate(TINY, legacy)
+    (legacy / MARKER).unlink()
+    generate(TINY, legacy)
+    assert (legacy / MARKER).is_file()
+
+
+def _folder_with(tmp_path: Path, files: dict[str, bytes]) -> Path:
+    root = tmp_path / "users"
+    for name, content in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(content)
+    return root
+
+
+_FOREIGN = {  # folders the generator must refuse: name -> files in it
+    "notes": {"notes.txt": b"mine"},
+    "coco_layout": {"train/a.jpg": b"x", "val/b.jpg": b"y", "annotations/instances_train.json": b"{}"},
+    "other_generator": {
+        "annotations/instances_train.json": json.dumps({"info": {"contributor": "someone"}}).encode(),
+        "annotations/instances_val.json": json.dumps({"info": {"contributor": "someone"}}).encode(),
+        "train/a.jpg": b"x",
+    },
+}
+
+
+@pytest.mark.parametrize("case", sorted(_FOREIGN))
+def test_generator_refuses_a_folder_it_did_not_make(tmp_path, case):
+    root = _folder_with(tmp_path, _FOREIGN[case])
+    before = _files(root)
+    with pytest.raises(ForeignFolderError, match=f"{root} already exists and was not made by the shapes"):
+        generate(TINY, root)
+    assert _files(root) == before and not (root / MARKER).exists()
+
+
+def test_generator_refuses_a_file(tmp_path):
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(ForeignFolderError, match="file"):
+        generate(TINY, tmp_path / "file")
+    assert (tmp_path / "file").read_text() == "mine"

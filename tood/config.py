@@ -19,6 +19,7 @@ work starts.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import re
@@ -105,7 +106,9 @@ class PretrainConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: Literal["shapes", "coco2017"] = "shapes"
+    # shapes: generated into root (a folder the generator made, or a new one); coco2017: downloaded into root;
+    # coco: your own COCO-format folder at root, validated and never written to
+    dataset: Literal["shapes", "coco2017", "coco"] = "shapes"
     root: str = "data/shapes"  # folder holding the images and annotations/ (relative to the repo root)
     train_images: str = "train"  # image folder under root
     train_ann: str = "annotations/instances_train.json"
@@ -318,13 +321,28 @@ def load_params(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(params).__name__}")
     unknown = sorted(set(params) - _TOP_LEVEL)
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key '{unknown[0]}'; allowed: {sorted(_TOP_LEVEL)}")
+        raise ConfigError(
+            f"{path}: unknown top-level key '{unknown[0]}'{_did_you_mean(unknown[0], _TOP_LEVEL)}; "
+            f"allowed: {sorted(_TOP_LEVEL)}"
+        )
     return params
+
+
+def _did_you_mean(key: str, allowed) -> str:
+    close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """One line: PyYAML's own message spans several lines (context, problem, position)."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
+    return where + (getattr(e, "problem", None) or str(e).splitlines()[0])
 
 
 def variant_names(params: dict[str, Any]) -> list[str]:
@@ -359,9 +377,7 @@ def resolve_run_config(params: dict[str, Any], variant: str, where: str = "param
                 raise ConfigError(
                     f"{where}: headline.{k}: set the top-level `{k}` instead (it drives this run)"
                 )
-            if k not in params:
-                raise ConfigError(f"{where}: top-level `{k}` is missing; it drives the headline TOOD run")
-            overrides[k] = params[k]
+            overrides[k] = _top_level_exponent(params, k, where)
     elif variant in variants:
         overrides, key_prefix = dict(variants[variant] or {}), f"variants.{variant}"
     else:
@@ -377,10 +393,22 @@ def resolve_run_config(params: dict[str, Any], variant: str, where: str = "param
             sections["assign"][key] = value
         else:
             raise ConfigError(
-                f"{where}: {key_prefix}.{key}: unknown override; allowed: {sorted(model_keys | assign_keys)}"
+                f"{where}: {key_prefix}.{key}: unknown override{_did_you_mean(key, model_keys | assign_keys)}; "
+                f"allowed: {sorted(model_keys | assign_keys)}"
             )
     raw = {"variant": variant, "seeds": params.get("seeds", [0]), **sections}
     return from_dict(RunConfig, raw, where)
+
+
+def _top_level_exponent(params: dict[str, Any], key: str, where: str) -> float:
+    """Top-level `alpha`/`beta`, checked by AssignConfig's own type and range rules but named as the user
+    wrote them (`alpha: -1` is reported as `alpha`, not as the `assign.alpha` it is copied into)."""
+    if key not in params:
+        raise ConfigError(f"{where}: top-level `{key}` is missing; it drives the headline TOOD run")
+    try:
+        return getattr(from_dict(AssignConfig, {key: params[key]}, where), key)
+    except ConfigError as e:
+        raise ConfigError(str(e).replace(f"assign.{key}:", f"{key}:", 1)) from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -396,7 +424,9 @@ def from_dict(cls: type, raw: Any, where: str, prefix: str = "") -> Any:
     unknown = sorted(set(raw) - names)
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise ConfigError(f"{where}: {key}: unknown key; allowed: {sorted(names)}")
+        raise ConfigError(
+            f"{where}: {key}: unknown key{_did_you_mean(unknown[0], names)}; allowed: {sorted(names)}"
+        )
     kwargs = {}
     for name, value in raw.items():
         key = f"{prefix}.{name}" if prefix else name

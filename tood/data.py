@@ -16,6 +16,15 @@ them so that one rule serves every split and dataset).
 Validation: the annotation file is checked completely at construction (cheap, pure Python over all records);
 images are decoded lazily in __getitem__ (or all at once on first use with cache_images). Every problem raises
 one DataError naming the file and the image / annotation id.
+
+Boxes with a width or height <= 0 (a negative one is an annotation-tool or conversion bug; COCO's own
+format has none) are dropped with a report, not rejected: they are left out of the training targets AND of
+the evaluation ground truth, and logged with their annotation and image ids (the `data` stage lists every one
+in reports/data_stats.md). Kept in COCOeval's GT they could never be matched (IoU 0 with any box): each would
+be a silent false negative, or, where its w*h area is negative, silently ignored. We drop rather than reject
+because the user's folder is never modified (`data.dataset: coco`), so a handful of broken boxes in an
+otherwise usable export would otherwise block all work until the user rewrote their file outside the tool;
+the box's intended extent is unknowable, so repairing it would be a guess.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
 import operator
 from dataclasses import dataclass, field, replace
@@ -36,6 +46,8 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -147,6 +159,47 @@ def _check_annotations(anns: dict[int, dict], images: dict, cat_ids: dict, path:
             raise DataError(f"{where}: 'iscrowd' must be 0 or 1, got {ann['iscrowd']!r}")
 
 
+def load_coco(ann_file: str | Path) -> dict:
+    """Read a COCO instances file and check every record (see _REQUIRED and the checks below).
+
+    Returns the parsed dict unchanged. Raises DataError naming the file and the image / annotation id.
+    """
+    path = Path(ann_file)
+    data = _load_json(path)
+    images = _index_records(data, "images", path)
+    cats = _index_records(data, "categories", path)
+    _check_images(images, path)
+    _check_annotations(_index_records(data, "annotations", path), images, cats, path)
+    return data
+
+
+def degenerate_boxes(annotations: list[dict]) -> list[dict]:
+    """The annotations whose bbox has a width or height <= 0, as {id, image_id, bbox, problem}.
+
+    problem is "negative width/height" or "zero width/height". See the module docstring for why these are
+    left out of training and evaluation.
+    """
+    found = []
+    for ann in annotations:
+        w, h = ann["bbox"][2:]
+        if w <= 0 or h <= 0:
+            kind = "negative" if min(w, h) < 0 else "zero"
+            problem = f"{kind} width/height"
+            found.append(
+                {"id": ann["id"], "image_id": ann["image_id"], "bbox": ann["bbox"], "problem": problem}
+            )
+    return found
+
+
+def describe_boxes(boxes: list[dict], limit: int = 5) -> str:
+    """'annotation id 7 (image id 3): negative width/height, bbox [...]; ...' for the first `limit`, one line."""
+    shown = [
+        f"annotation id {b['id']} (image id {b['image_id']}): {b['problem']}, bbox {b['bbox']}" for b in boxes
+    ]
+    more = f"; and {len(boxes) - limit} more" if len(boxes) > limit else ""
+    return "; ".join(shown[:limit]) + more
+
+
 def _training_targets(data: dict, cat_to_label: dict[int, int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """image id -> (boxes (G, 4) float32 xyxy in original pixels, labels (G,) int64).
 
@@ -173,13 +226,14 @@ def _training_targets(data: dict, cat_to_label: dict[int, int]) -> dict[int, tup
     }
 
 
-def _make_coco(data: dict, keep_ids: set[int]) -> COCO:
-    """pycocotools COCO over exactly the kept images, with the keys COCOeval needs filled in.
+def _make_coco(data: dict, keep_ids: set[int], left_out: set[int]) -> COCO:
+    """pycocotools COCO over exactly the kept images, without the `left_out` annotation ids (the degenerate
+    boxes), with the keys COCOeval needs filled in.
 
     COCOeval reads gt['area'] and gt['iscrowd'] unconditionally; a file without them gets area = w*h of the
     bbox and iscrowd = 0 (the record's other keys are untouched, so evaluation sees the file's own boxes).
     """
-    anns = [a for a in data["annotations"] if a["image_id"] in keep_ids]
+    anns = [a for a in data["annotations"] if a["image_id"] in keep_ids and a["id"] not in left_out]
     for ann in anns:
         ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
         ann.setdefault("iscrowd", 0)
@@ -266,11 +320,9 @@ class CocoDetection(Dataset):
         self.train, self.cache_images = train, cache_images
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-        data = _load_json(self.ann_file)
-        images = _index_records(data, "images", self.ann_file)
-        cats = _index_records(data, "categories", self.ann_file)
-        _check_images(images, self.ann_file)
-        _check_annotations(_index_records(data, "annotations", self.ann_file), images, cats, self.ann_file)
+        data = load_coco(self.ann_file)
+        images = {rec["id"]: rec for rec in data["images"]}
+        cats = {rec["id"]: rec for rec in data["categories"]}
         self.cat_ids: list[int] = sorted(cats)  # label l <-> COCO category id cat_ids[l]
         self.cat_id_to_label = {cat_id: label for label, cat_id in enumerate(self.cat_ids)}
         self.class_names: list[str] = [str(cats[c]["name"]) for c in self.cat_ids]  # label -> name
@@ -278,7 +330,15 @@ class CocoDetection(Dataset):
         self._records = [images[i] for i in self.image_ids]
         targets = _training_targets(data, self.cat_id_to_label)
         self._targets = [targets[i] for i in self.image_ids]
-        self.coco = _make_coco(data, set(self.image_ids))  # for COCOeval: same images as this dataset
+        kept = set(self.image_ids)
+        self.left_out = [b for b in degenerate_boxes(data["annotations"]) if b["image_id"] in kept]
+        if self.left_out:
+            log.warning(
+                "%s: %d boxes with zero or negative width/height are left out of training and evaluation: %s",
+                self.ann_file, len(self.left_out), describe_boxes(self.left_out),
+            )  # fmt: skip
+        left_out_ids = {b["id"] for b in self.left_out}
+        self.coco = _make_coco(data, kept, left_out_ids)  # for COCOeval: same images as this dataset
         self._cache: list[Tensor] | None = None
 
     @property

@@ -407,13 +407,65 @@ def _dump_json(obj: dict, path: Path) -> None:
     path.write_text(json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n")
 
 
+# A file in out_root saying the generator made the folder and may rewrite its train/, val/, annotations/.
+MARKER = ".tood-shapes"
+_MARKER_TEXT = (
+    "This folder was made by the `shapes` generator (tood/shapes.py). Each `data` stage run deletes and\n"
+    "rewrites train/, val/ and annotations/ here: keep no files of your own in them.\n"
+)
+
+
+class ForeignFolderError(FileExistsError):
+    """out_root holds files the generator did not make; it refuses to write there."""
+
+
+def claim_folder(out_root: Path) -> None:
+    """Make sure out_root is the generator's own folder, creating and marking it if needed.
+
+    A folder qualifies if it holds MARKER, does not exist yet, or is empty. A folder generated before the
+    marker existed is recognised by its contents (only train/, val/, annotations/, manifest.json, and
+    annotation files this generator wrote) and marked. Anything else, e.g. a user's own COCO folder that
+    data.root points to, raises ForeignFolderError naming it: nothing in it is deleted or overwritten.
+    """
+    out_root = Path(out_root)
+    if (out_root / MARKER).is_file():
+        return
+    if out_root.exists() and not (out_root.is_dir() and _empty_or_legacy(out_root)):
+        raise ForeignFolderError(
+            f"{out_root} already exists and was not made by the shapes generator (no {MARKER} marker), "
+            "which writes nowhere else so that nothing of yours is overwritten: point data.root at a new "
+            "folder, or set data.dataset: coco to use this one as your own dataset"
+        )
+    out_root.mkdir(parents=True, exist_ok=True)
+    (out_root / MARKER).write_text(_MARKER_TEXT)
+
+
+def _empty_or_legacy(out_root: Path) -> bool:
+    names = {p.name for p in out_root.iterdir()}
+    if not names:
+        return True
+    if not names <= {*SPLITS, "annotations", "manifest.json"}:
+        return False
+    for split in SPLITS:
+        try:
+            info = json.loads((out_root / "annotations" / f"instances_{split}.json").read_text())["info"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        if not (isinstance(info, dict) and info.get("contributor") == "tood-repro" and "generator" in info):
+            return False
+    return True
+
+
 def generate(cfg: ShapesConfig, out_root: Path) -> dict:
     """Write out_root/{train,val}/*.jpg and out_root/annotations/instances_{train,val}.json.
 
-    train/, val/ and annotations/ under out_root are deleted first, so the folder holds exactly one dataset.
-    Returns {split: {image_dir, ann_file, num_images, num_annotations, num_dropped_occluded}}.
+    out_root must be the generator's own folder (see claim_folder: a new, empty or marked one; anything else
+    raises ForeignFolderError). train/, val/ and annotations/ under it are deleted first, so the folder holds
+    exactly one dataset. Returns {split: {image_dir, ann_file, num_images, num_annotations,
+    num_dropped_occluded}}.
     """
     out_root = Path(out_root)
+    claim_folder(out_root)
     for sub in (*SPLITS, "annotations"):
         shutil.rmtree(out_root / sub, ignore_errors=True)
     (out_root / "annotations").mkdir(parents=True)
