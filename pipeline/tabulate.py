@@ -3,7 +3,9 @@
     python -m pipeline.tabulate --params params.yaml --metrics-dir reports/metrics --runs-dir runs \
         --out reports/tables.md --summary reports/summary.json --figures reports/figures
 
-The variants come from params.yaml (tood.config.variant_names), never from a glob of the metrics folder.
+The variants come from params.yaml (tood.config.variant_names), never from a glob of the metrics folder,
+each with its own seeds (`variants.<name>.seeds` or the top-level `seeds`). A top-level `trial: true`
+puts "supports no conclusions" at the top of tables.md.
 Loss curves: runs/<variant>/seed<k>/losses.csv, or <curves-dir>/<variant>.csv (with a `seed` column when
 it holds several seeds) where --curves-dir is given and that file exists.
 """
@@ -14,7 +16,8 @@ import argparse
 from pathlib import Path
 
 from tood.config import ConfigError, load_params
-from tood.report import ReportError, tabulate
+from tood.report import tabulate
+from tood.results import ReportError
 
 
 def main(argv: list[str] | None = None) -> None:
