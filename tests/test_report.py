@@ -189,7 +189,7 @@ def test_standard_error_is_welch_se_of_the_difference_of_means():
         (1.9, 5.0, math.nan, 1, 3, "not measured"),  # one seed on a side: no verdict at all
         (1.9, -5.0, math.nan, 3, 1, "not measured"),
         (1.9, -0.04, math.nan, 1, 1, "not measured"),  # rounds to 0.0: never "direction opposite"
-        (1.9, math.nan, math.nan, 0, 0, "not run"),
+        (1.9, math.nan, math.nan, 0, 3, "not measured"),  # e.g. PCC undefined in every seed of a side
         (math.nan, 1.0, 0.1, 3, 3, "no paper number"),
     ],
 )

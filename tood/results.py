@@ -215,12 +215,14 @@ def standard_error(a: Stat, b: Stat) -> float:
 
 
 def verdict(key: str, paper_delta: float, delta: float, se: float, n_a: int, n_b: int) -> str:
-    """One of VERDICTS for our delta against the paper's, at 2 SE (rule in the module docstring)."""
+    """One of VERDICTS for our delta against the paper's, at 2 SE (rule in the module docstring).
+
+    A zero paper delta has no direction to reproduce and reads like a missing one. "not run" (a side has
+    no run at all) is decided by Comparison; here a NaN delta (no defined value on a side) is not measured.
+    """
     if math.isnan(paper_delta) or paper_delta == 0:
         return "no paper number"
-    if math.isnan(delta):
-        return "not run"
-    if n_a < 2 or n_b < 2 or math.isnan(se):
+    if n_a < 2 or n_b < 2 or math.isnan(se) or math.isnan(delta):
         return "not measured"
     if displays_as_zero(key, delta) or abs(delta) <= 2 * se:
         return "inconclusive"
@@ -255,6 +257,8 @@ class Comparison:
 
     @property
     def verdict(self) -> str:
+        if self.base is None or self.treated is None:
+            return "not run"
         return verdict(self.metric, self.paper_delta, self.delta, self.se, self.n_a, self.n_b)
 
 
