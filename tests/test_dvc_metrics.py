@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_report import make_inputs, run_tabulate
 
 from pipeline.evaluate_variant import aggregate
 from tood.complexity import measure
 from tood.config import ModelConfig, load_params, resolve_run_config, variant_names
 from tood.evaluate import COCO_KEYS, alignment_stats, summarize_alignment
+from tood.report import tabulate
 
 REPO = Path(__file__).resolve().parents[1]
 FAILED = "DVC failed to load some metrics"
@@ -62,7 +62,8 @@ def _git(args: list[str], repo: Path) -> None:
 
 @pytest.fixture(scope="module")
 def dvc_repo(tmp_path_factory) -> Path:
-    """The repo's params.yaml and dvc.yaml with every metrics file and summary.json, committed."""
+    """The repo's params.yaml and dvc.yaml with every metrics file and summary.json (the tabulate stage's
+    output from them), committed."""
     repo = tmp_path_factory.mktemp("dvc_repo")
     for name in ("params.yaml", "dvc.yaml"):
         shutil.copy(REPO / name, repo / name)
@@ -71,9 +72,11 @@ def dvc_repo(tmp_path_factory) -> Path:
     metrics.mkdir(parents=True)
     for v in variant_names(params):
         (metrics / f"{v}.json").write_text(json.dumps(evaluate_output(params, v), indent=2))
-    fake = make_inputs(tmp_path_factory.mktemp("report"), [0])  # tood.report's summary.json
-    run_tabulate(fake)
-    shutil.copy(fake / "summary.json", repo / "reports" / "summary.json")
+    # summary.json from those files through the real tabulate: the evaluate output is what the report reads
+    reports = repo / "reports"
+    tabulate(
+        params, metrics, repo / "runs", reports / "tables.md", reports / "summary.json", reports / "figures"
+    )
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     assert _dvc(["init", "-q"], repo).returncode == 0
     _git(["add", "-A"], repo)
