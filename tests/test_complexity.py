@@ -24,7 +24,7 @@ from tood.config import DataConfig, ModelConfig, RunConfig
 from tood.detector import Detector
 
 TINY = ModelConfig(depth=18, fpn_channels=16, gn_groups=4, stacked_convs=2, head="parallel")
-LOADS_WEIGHTS = "imagenet" if isinstance(NO_WEIGHTS, str) else True  # a `pretrained` value that would fetch
+LOADS_WEIGHTS = "imagenet"  # a `model.pretrained` value that would fetch
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +64,10 @@ def test_parallel_head_multiply_adds_by_hand():
 
 
 def test_counting_loads_no_weights_and_counts_what_the_recipe_freezes(monkeypatch):
-    def no_download(*args, **kwargs):
-        raise AssertionError("complexity counting tried to load ImageNet weights")
+    def no_weights(pretrained: str, depth: int) -> None:
+        assert pretrained == NO_WEIGHTS, f"complexity counting asked the backbone for weights: {pretrained}"
 
-    monkeypatch.setattr(tood.backbone, "imagenet_state_dict", no_download)
+    monkeypatch.setattr(tood.backbone, "pretrained_state_dict", no_weights)
     cfg = RunConfig(
         variant="x", model=dataclasses.replace(TINY, pretrained=LOADS_WEIGHTS, frozen_stages=1),
         data=DataConfig(img_scale=(64, 64)),

@@ -33,18 +33,15 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from tood import paper
+from tood.backbone import NO_WEIGHTS  # the `model.pretrained` value that loads nothing: counting never does
 from tood.config import DataConfig, ModelConfig, RunConfig
 from tood.detector import Detector
 from tood.inference import config_from_checkpoint
 
-# The one place that knows how `model.pretrained` says "load nothing": False while it is a bool, "none"
-# once it is a string ("imagenet" | "none" | path). Counting must never fetch or read weights.
-NO_WEIGHTS: bool | str = "none" if isinstance(ModelConfig().pretrained, str) else False
-
 
 def loads_weights(cfg: ModelConfig) -> bool:
-    """Whether this config starts the backbone from pretrained weights (and so freezes its first stages)."""
-    return cfg.pretrained not in (False, "none")
+    """Whether this config starts the backbone from weights, and so freezes its first stages (tood.backbone)."""
+    return cfg.pretrained != NO_WEIGHTS
 
 
 @dataclass(frozen=True)
