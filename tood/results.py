@@ -16,9 +16,10 @@ Verdict of an ablation (treated - baseline) on one metric, issue 10 "Statistics 
     n_a < 2 or n_b < 2: SE is not measured -> "not measured", never a direction verdict;
     |delta| > 2 SE and the paper's sign -> "reproduces"; the opposite sign -> "contradicts";
     otherwise, or when delta rounds to zero as displayed -> "inconclusive".
-Seeds are not paired across variants: the same seed gives two variants the same data order but runs
-whose training diverges within a few steps (issue 10 measured this across machines), so no correlation
-between same-seed runs is established that a paired analysis would need; Welch needs none.
+Seeds are not paired across variants. The same seed gives two variants the same data order, but training
+is chaotic (issue 10: one variant, one seed, two machines: losses drift apart after step 4 and AP moves
+by ~1), so no correlation between two variants' same-seed runs is established, and a paired SE would rest
+on n - 1 degrees of freedom for nothing; Welch's needs no pairing and allows unequal seed counts.
 """
 
 from __future__ import annotations
