@@ -4,7 +4,10 @@
 
 Each seed's metrics are added to that seed's training MLflow run (runs/<variant>/seed<k>/mlflow_run.json).
 The file holds the mean over seeds at the top level, "std" (sample std, ddof=1; 0 for one seed),
-"seeds" (per-seed values + mlflow_run_id) and "setting" (what the numbers were measured under).
+"seeds" (per-seed values + mlflow_run_id), "setting" (what the numbers were measured under) and
+"complexity" (Table 1's params and GFLOPs of the trained model, at the run's input and at the paper's
+configuration; tood.complexity). The seeds are the variant's own (`variants.<name>.seeds`) or the
+top-level list.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 
 from pipeline.cli import run
 from tood import tracking
+from tood.complexity import checkpoint_complexity
 from tood.config import RunConfig, load_run_config
 
 
@@ -33,23 +37,25 @@ def main(argv: list[str] | None = None) -> int:
     from tood.inference import evaluate_checkpoint  # torch + pycocotools: after parsing, so --help is fast
 
     tracking.configure_tracking()
+    complexity = checkpoint_complexity(args.runs / f"seed{cfg.seeds[0]}" / "last.pt")  # same model every seed
     per_seed = {}
     for seed in cfg.seeds:
         run_dir = args.runs / f"seed{seed}"
         metrics = evaluate_checkpoint(cfg, run_dir / "last.pt", data_root=args.data_root)
         run_id = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
-        log_to_run(cfg, seed, run_id, metrics)
+        log_to_run(cfg, seed, run_id, metrics, complexity)
         per_seed[str(seed)] = {**_clean(metrics), "mlflow_run_id": run_id}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(aggregate(cfg, per_seed), indent=2) + "\n")
+    args.out.write_text(json.dumps(aggregate(cfg, per_seed) | {"complexity": complexity}, indent=2) + "\n")
     return 0
 
 
-def log_to_run(cfg: RunConfig, seed: int, run_id: str, metrics: dict) -> None:
-    """Add the metrics (per-class AP as per_class/<name>) and their JSON to the seed's training run."""
+def log_to_run(cfg: RunConfig, seed: int, run_id: str, metrics: dict, complexity: dict) -> None:
+    """Add the metrics (per-class AP as per_class/<name>, complexity/run/<key>, ...) and their JSON to the
+    seed's training run."""
     clean = _clean(metrics)
     with tracking.start_run(cfg, seed, run_id=run_id):
-        tracking.log_metrics(clean)
+        tracking.log_metrics(clean | {"complexity": complexity})
         tracking.log_dict(clean, f"metrics_seed{seed}.json")
 
 

@@ -3,7 +3,9 @@
     python -m pipeline.tabulate --params params.yaml --metrics-dir reports/metrics --runs-dir runs \
         --out reports/tables.md --summary reports/summary.json --figures reports/figures
 
-The variants come from params.yaml (tood.config.variant_names), never from a glob of the metrics folder.
+The variants come from params.yaml (tood.config.variant_names), never from a glob of the metrics folder,
+each with its own seeds (`variants.<name>.seeds` or the top-level `seeds`). A top-level `trial: true`
+puts "supports no conclusions" at the top of tables.md.
 Loss curves: runs/<variant>/seed<k>/losses.csv, or <curves-dir>/<variant>.csv (with a `seed` column when
 it holds several seeds) where --curves-dir is given and that file exists.
 """
@@ -29,7 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--summary", default="reports/summary.json", type=Path, help="summary JSON to write")
     parser.add_argument("--figures", default="reports/figures", type=Path, help="folder for the PNG figures")
     args = parser.parse_args(argv)
-    from tood.report import ReportError, tabulate  # matplotlib: after parsing, so --help is fast
+    from tood.report import tabulate  # matplotlib: after parsing, so --help is fast
+
+    from tood.results import ReportError
 
     try:
         params = load_params(args.params)  # a ConfigError goes to pipeline.cli.run: one line, exit 2

@@ -258,9 +258,9 @@ def test_detection_counts_on_a_hand_built_set():
     st = alignment_stats(
         torch.zeros(0, 2), torch.zeros(0, 4), gts, gt_labels, det_boxes, det_scores, det_labels
     )
-    assert (st["correct"], st["redundant"], st["error"]) == (1, 2, 1)
+    assert (st["n_correct"], st["n_redundant"], st["n_error"]) == (1, 2, 1)
     s = summarize_alignment([st, st])
-    assert (s["correct"], s["redundant"], s["error"]) == (2, 4, 2)
+    assert (s["n_correct"], s["n_redundant"], s["n_error"]) == (2, 4, 2)
 
 
 def test_correct_is_the_highest_scoring_match_not_the_best_overlap():
@@ -286,9 +286,9 @@ def test_image_without_gt_counts_nothing():
         "pcc_count": 0,
         "iou10_sum": 0.0,
         "iou10_count": 0,
-        "correct": 0,
-        "redundant": 0,
-        "error": 0,
+        "n_correct": 0,
+        "n_redundant": 0,
+        "n_error": 0,
     }
 
 
@@ -298,4 +298,4 @@ def test_summarize_averages_over_instances_of_all_images():
     down = alignment_stats(class_scores(1 - heights / 20), strip_boxes(heights), GT0, LABEL0, *NO_DETS)
     s = summarize_alignment([up, up, down])
     assert s["pcc_top50"] == pytest.approx(1 / 3)
-    assert set(s) == {"pcc_top50", "iou_top10", "correct", "redundant", "error"}
+    assert set(s) == {"pcc_top50", "iou_top10", "n_correct", "n_redundant", "n_error"}

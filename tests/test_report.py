@@ -10,13 +10,16 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from matplotlib.container import BarContainer
 
 from pipeline.tabulate import main
-from tood import paper
+from tood import evaluate, paper
 from tood.config import load_params, resolve_run_config, variant_names
-from tood.report import mean_loss_curve, read_losses, verdict
+from tood.figures import mean_loss_curve, palette, plot_ablations, read_losses, switch_step
+from tood.results import ALIGN_KEYS, AP_KEYS, Stat, fmt_value, load_runs, standard_error, verdict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,8 +37,9 @@ VARIANTS = {  # same switches as the repo's params.yaml, written out so the test
     "a15_b8": {"alpha": 1.5, "beta": 8.0},
 }
 
-# TEST-ONLY invented AP values in [0, 1] (as evaluate writes them). With std 0.005 (0.5 AP points) the
-# noise of a delta is sqrt(0.5^2 + 0.5^2) = 0.71 AP, so the verdict threshold is 1.41 AP:
+# TEST-ONLY invented AP values in [0, 1] (as evaluate writes them). With two seeds each variant's per-seed
+# values are mean ± 0.005 (± 0.5 AP points), so s = 0.5·sqrt(2) = 0.71 and the SE of a 2-vs-2 delta is
+# sqrt(0.5/2 + 0.5/2) = 0.71 AP: the verdict threshold 2·SE is 1.41 AP:
 #   thead_atss - parallel_atss       = +3.0  (paper +1.9) -> reproduces
 #   ab_thead_atss - ab_parallel_atss = -2.0  (paper +1.8) -> contradicts
 #   ab_tood - ab_parallel_atss       = +0.2  (paper +3.1) -> inconclusive
@@ -53,40 +57,54 @@ FAKE_AP = {
     "a1_b8": 0.342,
     "a15_b8": 0.331,
 }
-FAKE_STD = 0.005
-FAKE_ALIGN = {"pcc_top50": 0.25, "iou_top10": 0.5, "correct": 100.0, "redundant": 40.0, "error": 60.0}
-FAKE_ALIGN_TOOD = {"pcc_top50": 0.1, "iou_top10": 0.1, "correct": 5.0, "redundant": -10.0, "error": -15.0}
-FAKE_COUNT_STD = 2.0  # box counts
+FAKE_HALF_SPREAD = 0.005
+FAKE_ALIGN = {"pcc_top50": 0.25, "iou_top10": 0.5, "n_correct": 100.0, "n_redundant": 40.0, "n_error": 60.0}
+FAKE_ALIGN_TOOD = {
+    "pcc_top50": 0.1, "iou_top10": 0.1, "n_correct": 5.0, "n_redundant": -10.0, "n_error": -15.0,
+}  # fmt: skip
+FAKE_COUNT_HALF_SPREAD = 2.0  # box counts: s = 2·sqrt(2), SE of a 2-vs-2 delta = 2.83
+# invented complexity figures (tests/test_complexity.py checks the real ones against the paper)
+FAKE_COMPLEXITY = {
+    "paper_config": {
+        "head_params": 4_800_000, "params": 31_000_000, "all_params": 31_500_000, "head_gflops": 100.0,
+        "gflops": 200.0, "num_classes": 80, "input_h": 800, "input_w": 1280, "depth": 50, "fpn_channels": 256,
+    },
+    "run": {
+        "head_params": 300_000, "params": 11_700_000, "all_params": 11_700_000, "head_gflops": 0.0988,
+        "gflops": 0.707, "num_classes": 6, "input_h": 128, "input_w": 128, "depth": 18, "fpn_channels": 64,
+    },
+}  # fmt: skip
 
 
-def fake_metrics(params: dict, variant: str, seeds: list[int]) -> dict:
+def fake_metrics(params: dict, variant: str) -> dict:
     """A metrics file in the contract's schema, with invented values (AP keys in [0, 1])."""
     cfg = resolve_run_config(params, variant)
+    seeds = list(cfg.seeds)
     ap = FAKE_AP[variant]
     mean = {"AP": ap, "AP50": ap + 0.2, "AP75": ap - 0.05, "APs": -1.0, "APm": ap, "APl": ap + 0.1}
     mean |= {k: v + (FAKE_ALIGN_TOOD[k] if variant == "tood" else 0.0) for k, v in FAKE_ALIGN.items()}
-    std = {k: (FAKE_COUNT_STD if k in ("correct", "redundant", "error") else FAKE_STD) for k in mean}
-    std = std if len(seeds) > 1 else dict.fromkeys(mean, 0.0)
+    spread = {k: FAKE_COUNT_HALF_SPREAD if k.startswith("n_") else FAKE_HALF_SPREAD for k in mean}
+    spread["APs"] = 0.0  # -1 (no small objects) in every seed
     sign = [1, -1] if len(seeds) > 1 else [0]
     per_seed = {
-        str(s): {k: v + sg * std[k] for k, v in mean.items()} | {"mlflow_run_id": f"run-{variant}-{s}"}
+        str(s): {k: v + sg * spread[k] for k, v in mean.items()} | {"mlflow_run_id": f"run-{variant}-{s}"}
         for s, sg in zip(seeds, sign)
     }
     setting = {"dataset": "shapes", "depth": 18, "img_scale": [128, 128], "epochs": 12}
     setting |= {"head": cfg.model.head, "assigner": cfg.assign.assigner, "anchor": cfg.model.anchor}
     setting |= {"alpha": cfg.assign.alpha, "beta": cfg.assign.beta}
-    return {"variant": variant, **mean, "std": std, "seeds": per_seed, "setting": setting}
+    return {"variant": variant, **mean, "seeds": per_seed, "setting": setting, "complexity": FAKE_COMPLEXITY}
 
 
 def make_inputs(
-    tmp: Path, seeds: list[int], alpha: float = 1.0, beta: float = 6.0, variants=VARIANTS
+    tmp: Path, seeds: list[int], alpha: float = 1.0, beta: float = 6.0, variants=VARIANTS, **top
 ) -> Path:
-    params = {"alpha": alpha, "beta": beta, "seeds": seeds, "variants": variants}
+    params = {"alpha": alpha, "beta": beta, "seeds": seeds, "variants": variants, **top}
     params["headline"] = {"head": "tood", "assigner": "tal", "anchor": "free"}
     (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (tmp / "metrics").mkdir()
     for v in variant_names(params):
-        (tmp / "metrics" / f"{v}.json").write_text(json.dumps(fake_metrics(params, v, seeds)))
+        (tmp / "metrics" / f"{v}.json").write_text(json.dumps(fake_metrics(params, v)))
     for s in seeds:  # loss curves for two variants only; the others are reported as missing
         for v in ("tood", "parallel_atss"):
             d = tmp / "runs" / v / f"seed{s}"
@@ -142,25 +160,53 @@ def two_seeds(tmp_path_factory) -> tuple[str, Path]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# verdict function
+# statistics: Welch SE of a difference of means, verdict at 2 SE (hand-worked numbers)
+
+
+def test_standard_error_is_welch_se_of_the_difference_of_means():
+    a, b = Stat("AP", (1.0, 2.0, 3.0)), Stat("AP", (4.0, 6.0))
+    assert (a.mean, a.var, b.mean, b.var) == (2.0, 1.0, 5.0, 2.0)
+    assert standard_error(a, b) == pytest.approx(math.sqrt(1 / 3 + 2 / 2))  # 1.1547
+    assert a.std == pytest.approx(1.0) and b.std == pytest.approx(math.sqrt(2))
+    # the spread of single runs (the old rule) stays at sqrt(1 + 2) = 1.73 however many seeds are added;
+    # the SE falls with n: the same spreads over three times the seeds give a third of the variance
+    a9, b6 = Stat("AP", (1.0, 2.0, 3.0) * 3), Stat("AP", (4.0, 6.0) * 3)
+    assert (a9.var, b6.var) == (pytest.approx(6 / 8), pytest.approx(6 / 5))
+    assert standard_error(a9, b6) == pytest.approx(math.sqrt(0.75 / 9 + 1.2 / 6))  # 0.532, was 1.155
+    assert math.isnan(standard_error(Stat("AP", (1.0,)), b))  # one seed: not measured
 
 
 @pytest.mark.parametrize(
-    "paper_d, ours_d, noise, n, expected",
+    "paper_d, delta, se, n_a, n_b, expected",
     [
-        (1.9, 3.0, 0.7, 2, "reproduces the paper's direction"),
-        (1.9, -2.0, 0.7, 2, "contradicts the paper"),
-        (1.9, 1.0, 0.7, 2, "inconclusive at the measured noise"),  # same sign, within 2 x noise
-        (1.9, -1.0, 0.7, 2, "inconclusive at the measured noise"),  # opposite sign, within 2 x noise
-        (1.9, 1.4, 0.7, 3, "inconclusive at the measured noise"),  # exactly 2 x noise is not beyond it
-        (-0.3, -2.0, 0.0, 2, "reproduces the paper's direction"),
-        (1.9, 0.5, 0.0, 1, "direction matches (1 seed: noise not measured)"),
-        (1.9, -0.5, 0.0, 1, "direction opposite (1 seed: noise not measured)"),
-        (1.9, math.nan, math.nan, 0, "not run"),
+        (1.9, 3.0, 1.1547, 3, 2, "reproduces"),  # 3.0 > 2 x 1.1547 = 2.31, the paper's sign
+        (-1.9, 3.0, 1.1547, 3, 2, "contradicts"),
+        (1.9, 1.0, 1.1547, 3, 2, "inconclusive"),  # same sign, within 2 SE
+        (1.9, -1.0, 1.1547, 3, 2, "inconclusive"),  # opposite sign, within 2 SE
+        (1.9, 1.4, 0.7, 3, 3, "inconclusive"),  # exactly 2 SE is not beyond it
+        (-0.3, -2.0, 0.0, 2, 2, "reproduces"),
+        (1.9, -0.04, 0.0, 2, 2, "inconclusive"),  # shows as 0.0: never a direction, even at SE 0
+        (1.9, 5.0, math.nan, 1, 3, "not measured"),  # one seed on a side: no verdict at all
+        (1.9, -5.0, math.nan, 3, 1, "not measured"),
+        (1.9, -0.04, math.nan, 1, 1, "not measured"),  # rounds to 0.0: never "direction opposite"
+        (1.9, math.nan, math.nan, 0, 3, "not measured"),  # e.g. PCC undefined in every seed of a side
+        (math.nan, 1.0, 0.1, 3, 3, "no paper number"),
     ],
 )
-def test_verdict(paper_d, ours_d, noise, n, expected):
-    assert verdict(paper_d, ours_d, noise, n) == expected
+def test_verdict(paper_d, delta, se, n_a, n_b, expected):
+    assert verdict("AP", paper_d, delta, se, n_a, n_b) == expected
+
+
+def test_values_that_show_as_zero_have_no_sign():
+    assert fmt_value("AP", -0.04, signed=True) == "0.0" and fmt_value("AP", 0.04, signed=True) == "0.0"
+    assert fmt_value("AP", 0.06, signed=True) == "+0.1" and fmt_value("AP", -0.06) == "-0.1"
+    assert fmt_value("n_error", -10186.0, signed=True) == "-10,186"
+    assert fmt_value("pcc_top50", -0.0004, signed=True) == "0.000"
+
+
+def test_report_keys_are_the_evaluate_keys():
+    assert ALIGN_KEYS == evaluate.ALIGN_KEYS and AP_KEYS == evaluate.COCO_KEYS
+    assert set(ALIGN_KEYS) <= set(paper.TABLE6[0].metrics) and "error" not in paper.TABLE6[0].metrics
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -193,10 +239,9 @@ def test_paper_numbers_match_the_shared_reference_yaml():
     expected += t["table4_alpha_beta"] + list(t["table6_tood_overall"].values())
     rows = [*paper.TABLE1, *paper.TABLE2, *paper.TABLE3, *paper.TABLE4, *paper.TABLE6]
     for row, exp in zip(rows, expected, strict=True):
-        exp = {
-            "pcc_top50" if k == "PCC_top50" else "iou_top10" if k == "IoU_top10" else k: v
-            for k, v in exp.items()
-        }
+        renamed = {"PCC_top50": "pcc_top50", "IoU_top10": "iou_top10"}
+        renamed |= {"correct": "n_correct", "redundant": "n_redundant", "error": "n_error"}
+        exp = {renamed.get(k, k): v for k, v in exp.items()}
         for key, value in row.metrics.items():
             want = exp["params_m"][key == "params_m"] if key in ("head_params_m", "params_m") else None
             want = exp["gflops"][key == "gflops"] if key in ("head_gflops", "gflops") else want
@@ -228,54 +273,72 @@ def test_every_table_and_paper_numbers_in_their_rows(one_seed):
     t6 = section(text, "Table 6")
     assert "0.452" in line_with(t6, "| T-Head + TAL |", "0.661")
     assert "| 30,734 |" in line_with(t6, "| T-Head + TAL |", "0.661")
-    assert "| 39.2 |" in line_with(section(text, "Table 1"), "ATSS anchor-free, parallel head")
-    assert "4.82 / 31.98" in line_with(section(text, "Table 1"), "ATSS anchor-based, T-Head")
+    assert "| 39.2 |" in line_with(section(text, "Table 1"), "ATSS anchor-free, parallel head", "| 57.4 |")
+    assert "| 4.82 / 31.98 |" in line_with(section(text, "Table 1"), "ATSS anchor-based, T-Head", "31.98")
     assert "| 40.3 |" in line_with(section(text, "Table 2"), "| TAL (parallel head) |")
     assert "| 42.4 | 34.0 |" in line_with(section(text, "Table 4"), "`a05_b2`")
 
 
 def test_ours_on_paper_scale_and_deltas(one_seed):
     text, _ = one_seed
-    row = line_with(section(text, "Table 1"), "ATSS anchor-free, parallel head")
+    row = line_with(section(text, "Table 1"), "ATSS anchor-free, parallel head", "| 39.2 |")
     assert "| 39.2 | 30.0 | 57.4 | 50.0 | 42.2 | 25.0 | — | n/a |" in row  # APs: paper none, COCO -1 -> n/a
     delta = line_with(section(text, "Table 1"), "T-Head - parallel (ATSS, anchor-free)", "| AP |")
-    assert "| +1.9 | +3.0 |" in delta
+    assert "| +1.9 | +3.0 ± n/a | 1 / 1 | 30.0 → 33.0 | not measured |" in delta
     both = line_with(section(text, "Table 6"), "both vs neither", "PCC")
-    assert "| +0.044 | +0.100 |" in both  # 0.35 - 0.25 (invented) vs paper 0.452 - 0.408
+    assert "| +0.044 | +0.100 ± n/a |" in both  # 0.35 - 0.25 (invented) vs paper 0.452 - 0.408
     redundant = line_with(section(text, "Table 6"), "both vs neither", "#redundant")
-    assert "| -10,186 | -10 |" in redundant  # paper 15,242 - 25,428; ours 30 - 40 (invented)
-    assert "| +5.0 |" in line_with(section(text, "Table 3"), "TOOD - ATSS (anchor-free)", "| AP |")
+    assert "| -10,186 | -10 ± n/a |" in redundant  # paper 15,242 - 25,428; ours 30 - 40 (invented)
+    assert "| +5.0 ± n/a |" in line_with(section(text, "Table 3"), "TOOD - ATSS (anchor-free)", "| AP |")
 
 
-def test_single_seed_wording_and_setting(one_seed):
-    text, _ = one_seed
+def test_single_seed_claims_no_direction(one_seed):
+    text, tmp = one_seed
     t1 = section(text, "Table 1")
-    assert "direction matches (1 seed: noise not measured)" in line_with(t1, "anchor-free)", "| AP |")
-    assert "direction opposite (1 seed: noise not measured)" in line_with(t1, "anchor-based)", "| AP |")
-    assert "reproduces" not in text.split("## Which runs")[0].replace(
-        "*reproduces the paper's direction*", ""
-    )
-    assert "dataset `shapes`, ResNet-18, image scale 128x128, 12 epochs, seeds [0]" in text
+    assert line_with(t1, "anchor-free)", "| AP |").endswith("| not measured |")
+    assert line_with(t1, "anchor-based)", "| AP |").endswith("| not measured |")  # -2.0: still no verdict
+    for word in ("reproduces", "contradicts", "inconclusive", "direction"):
+        assert f"| {word}" not in text, word
+    assert "Ours rest on 1 seed per row: single runs, no spread and no SE." in t1
+    assert "dataset `shapes`, ResNet-18, image scale 128x128, 12 epochs, seeds [0] for every variant" in text
+    summary = json.loads((tmp / "summary.json").read_text())["ablations"]["t1_ab_thead"]["AP"]
+    assert summary == {
+        "paper_delta": 1.8, "delta": -2.0, "se": None, "n_a": 1, "n_b": 1, "verdict": "not measured",
+    }  # fmt: skip
     assert "**not** the paper's setting" in text
     assert "`run-parallel_atss-0`" in line_with(section(text, "Which runs make each row"), "`parallel_atss`")
     assert "--workers 1" in text and "http://127.0.0.1:5000" in text and "tood-ablations" in text
 
 
-def test_two_seeds_mean_std_and_verdicts(two_seeds):
+def test_two_seeds_delta_se_n_per_seed_and_verdicts(two_seeds):
     text, tmp = two_seeds
-    assert "| 39.2 | 30.0 ± 0.5 |" in line_with(section(text, "Table 1"), "ATSS anchor-free, parallel head")
+    row = line_with(section(text, "Table 1"), "ATSS anchor-free, parallel head", "| 39.2 |")
+    assert "| `parallel_atss` | 2 | 39.2 | 30.0 ± 0.7 |" in row  # per seed 30.5, 29.5: s = 0.71
     t1, t3 = section(text, "Table 1"), section(text, "Table 3")
-    assert "reproduces the paper's direction" in line_with(t1, "anchor-free)", "| AP |")
-    assert "| ±0.7 | contradicts the paper |" in line_with(t1, "anchor-based)", "| AP |")
-    assert "inconclusive at the measured noise" in line_with(t3, "TOOD - ATSS (anchor-based)", "| AP |")
+    assert "| +3.0 ± 0.7 | 2 / 2 | 30.5, 29.5 → 33.5, 32.5 | reproduces |" in line_with(
+        t1, "anchor-free)", "| AP |"
+    )
+    assert "| -2.0 ± 0.7 | 2 / 2 | 29.5, 28.5 → 27.5, 26.5 | contradicts |" in line_with(
+        t1, "anchor-based)", "| AP |"
+    )
+    assert line_with(t3, "TOOD - ATSS (anchor-based)", "| AP |").endswith(
+        "| +0.2 ± 0.7 | 2 / 2 | 29.5, 28.5 → 29.7, 28.7 | inconclusive |"
+    )
     t6 = section(text, "Table 6")
-    assert "| 40 ± 2 |" in line_with(t6, "| parallel head + ATSS |", "0.408")
-    # -10 redundant boxes with noise sqrt(2^2 + 2^2) = 2.8: beyond 2 x noise, same sign as the paper
-    assert "| ±2.8 | reproduces the paper's direction |" in line_with(t6, "both vs neither", "#redundant")
+    assert "| 40 ± 2.8 |" in line_with(t6, "| parallel head + ATSS |", "0.408")  # 42, 38: s = 2.83
+    # -10 redundant boxes, SE = sqrt(8/2 + 8/2) = 2.83: beyond 2 SE, the paper's sign
+    assert "| -10 ± 2.8 | 2 / 2 | 42, 38 → 32, 28 | reproduces |" in line_with(
+        t6, "both vs neither", "#redundant"
+    )
+    assert "Ours: mean ± std over 2 seeds per row." in t1
     summary = json.loads((tmp / "summary.json").read_text())
     t1_ab = summary["ablations"]["t1_ab_thead"]["AP"]
-    assert t1_ab["verdict"] == "contradicts the paper" and t1_ab["ours_delta"] == pytest.approx(-2.0)
+    assert t1_ab == {
+        "paper_delta": 1.8, "delta": -2.0, "se": pytest.approx(0.7071, abs=1e-4), "n_a": 2, "n_b": 2,
+        "verdict": "contradicts",
+    }  # fmt: skip
     assert summary["variants"]["parallel_atss"]["AP"] == pytest.approx(30.0)
+    assert summary["variants"]["parallel_atss"]["AP_per_seed"] == {"0": 30.5, "1": 29.5}
 
 
 def test_headline_off_the_paper_cell(tmp_path):
@@ -293,9 +356,11 @@ def test_headline_off_the_paper_cell(tmp_path):
 def test_variants_missing_from_params_are_not_run(tmp_path):
     tiny = {"thead_atss": VARIANTS["thead_atss"]}  # e.g. a smoke profile that trains two variants only
     text = run_tabulate(make_inputs(tmp_path, [0], variants=tiny))
-    assert "| 41.1 | 33.0 |" in line_with(section(text, "Table 1"), "ATSS anchor-free, T-Head")
-    assert "| 39.2 | not run |" in line_with(section(text, "Table 1"), "ATSS anchor-free, parallel head")
-    assert "| +1.9 | — | — | not run |" in line_with(section(text, "Table 1"), "anchor-free)", "| AP |")
+    assert "| 41.1 | 33.0 |" in line_with(section(text, "Table 1"), "ATSS anchor-free, T-Head", "| 41.1 |")
+    assert "| 39.2 | not run |" in line_with(
+        section(text, "Table 1"), "ATSS anchor-free, parallel head", "| 39.2 |"
+    )
+    assert "| +1.9 | — | — | — | not run |" in line_with(section(text, "Table 1"), "anchor-free)", "| AP |")
     assert (tmp_path / "fig" / "alpha_beta.png").stat().st_size > 5000
 
 
@@ -358,3 +423,108 @@ def test_per_variant_curves_file_split_by_seed_with_empty_cells(tmp_path):
     curve = mean_loss_curve(tmp_path / "runs", "tood", ["0", "1"], curves_dir=tmp_path / "curves")
     assert list(curve["step"]) == [0, 1]
     assert list(curve["loss_cls"]) == [2, 4] and list(curve["loss_box"]) == [2, 4]
+
+
+# ---------------------------------------------------------------------------------------------------
+# per-variant seeds, trial runs, Table 1 complexity, per-seed values
+
+
+ALPHA_BETA_ONE_SEED = {
+    k: v | {"seeds": [0]} if k.startswith("a") and "_b" in k else v for k, v in VARIANTS.items()
+}
+
+
+def test_alpha_beta_cells_on_fewer_seeds_say_so(tmp_path):
+    assert {k for k, v in ALPHA_BETA_ONE_SEED.items() if "seeds" in v} == {
+        "a05_b2", "a05_b4", "a05_b6", "a1_b8", "a15_b8",
+    }  # fmt: skip
+    tmp = make_inputs(tmp_path, [0, 1], variants=ALPHA_BETA_ONE_SEED)
+    text = run_tabulate(tmp)
+    t4 = section(text, "Table 4")
+    assert "| `a05_b2` | 1 | 42.4 | 34.0 |" in line_with(t4, "| 0.5 | 2 |")
+    assert "| `tood` (headline) | 2 | 42.5 | 35.0 ± 0.7 |" in line_with(t4, "| 1 | 6 |")
+    assert "Ours rest on 1 to 2 seeds; column n gives each row's count." in t4
+    cell = line_with(t4, "(alpha=0.5, beta=2) - (alpha=1, beta=6)", "| AP |")
+    assert cell.endswith("| -1.0 ± n/a | 2 / 1 | 35.5, 34.5 → 34.0 | not measured |")
+    assert "Ours: mean ± std over 2 seeds per row." in section(text, "Table 1")
+    assert "seeds [0, 1] (own seeds: `a05_b2`, `a05_b4`, `a05_b6`, `a1_b8`, `a15_b8`: [0])" in text
+    summary = json.loads((tmp / "summary.json").read_text())
+    assert summary["ablations"]["t4_a05_b2"]["AP"] | {"se": "x"} == {
+        "paper_delta": -0.1, "delta": -1.0, "se": "x", "n_a": 2, "n_b": 1, "verdict": "not measured",
+    }  # fmt: skip
+    assert summary["variants"]["a05_b2"]["n_seeds"] == 1 and summary["variants"]["tood"]["n_seeds"] == 2
+
+
+def test_metrics_on_other_seeds_than_the_variants_own_are_stale(tmp_path):
+    tmp = make_inputs(tmp_path, [0, 1])  # every variant measured on seeds 0 and 1
+    params = yaml.safe_load((tmp / "params.yaml").read_text())
+    params["variants"]["a1_b8"]["seeds"] = [0]
+    (tmp / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(
+        SystemExit, match=r"a1_b8\.json \(variant 'a1_b8'\): seeds \['0', '1'\] but .* gives "
+    ):
+        run_tabulate(tmp)
+
+
+def test_trial_run_says_at_the_top_it_supports_no_conclusions(tmp_path, one_seed):
+    tmp = make_inputs(tmp_path, [0], trial=True)
+    text = run_tabulate(tmp)
+    assert text.splitlines()[2].startswith("> **Trial run: these tables support no conclusions.**")
+    assert json.loads((tmp / "summary.json").read_text())["trial"] is True
+    normal, normal_dir = one_seed  # no `trial` key: an ordinary run
+    assert (
+        "Trial run" not in normal and json.loads((normal_dir / "summary.json").read_text())["trial"] is False
+    )
+
+
+def test_trial_must_be_a_bool(tmp_path):
+    tmp = make_inputs(tmp_path, [0], trial="yes")
+    with pytest.raises(SystemExit, match=r"params\.yaml: trial: 'yes' should be true or false"):
+        run_tabulate(tmp)
+
+
+def test_table1_params_and_gflops_paper_beside_ours(one_seed):
+    text, tmp = one_seed
+    block = section(text, "Table 1").split("### Params and GFLOPs (Table 1)")[1]
+    row = line_with(block, "| ATSS anchor-free, T-Head |")
+    # paper 4.82 / 31.98 M and 100.79 / 201.13 G; ours invented (FAKE_COMPLEXITY), e.g. 0.3 M -> 0.300
+    assert row == (
+        "| ATSS anchor-free, T-Head | `thead_atss` | 4.82 / 31.98 | 4.80 / 31.00 | 100.79 / 201.13 "
+        "| 100.00 / 200.00 | 0.300 / 11.70 | 0.0988 / 0.707 |"
+    )
+    assert "Our run: ResNet-18, FPN/head width 64, 6 classes, 128×128 input." in block
+    assert "1280×800 input" in block and "torch's count / 2" in block and "T-Head 31.50 M" in block
+    complexity = json.loads((tmp / "summary.json").read_text())["variants"]["thead_atss"]["complexity"]
+    assert complexity["paper_config"]["head_params"] == 4_800_000 and complexity["run"]["gflops"] == 0.707
+
+
+def test_which_runs_lists_each_seeds_ap(two_seeds):
+    text, _ = two_seeds
+    runs = section(text, "Which runs make each row")
+    assert "| 0 | 30.5 | `run-parallel_atss-0` |" in line_with(runs, "`run-parallel_atss-0`")
+    assert "| 1 | 29.5 | `run-parallel_atss-1` |" in line_with(runs, "`run-parallel_atss-1`")
+
+
+def test_palette_gives_every_variant_its_own_colour():
+    assert len(set(palette(12))) == 12 and len(set(palette(20))) == 20
+
+
+def test_switch_step_is_between_the_last_atss_and_the_first_tal_step():
+    curve = {"step": np.array([4.0, 8, 12, 16, 20, 24]), "epoch": np.array([0.0, 0, 1, 1, 2, 2])}
+    assert switch_step(curve, 1) == 10.0  # epoch 0 ends by step 8, epoch 1 starts by step 12
+    assert switch_step(curve, 2) == 18.0
+    assert switch_step(curve, 0) is None and switch_step(curve, 3) is None  # TAL throughout / never
+    assert switch_step({"step": curve["step"]}, 1) is None  # no epoch column
+
+
+def test_ablations_figure_draws_plus_minus_se(two_seeds, tmp_path):
+    _, tmp = two_seeds
+    runs = load_runs(load_params(tmp / "params.yaml"), tmp / "metrics")
+    fig = plot_ablations(runs, tmp_path / "ablations.png")
+    ax_paper, ax_ours = fig.axes
+    assert "paper" in ax_paper.get_xlabel() and "our" in ax_ours.get_xlabel()  # two axes, each labelled
+    bars = next(c for c in ax_ours.containers if isinstance(c, BarContainer) and c.errorbar is not None)
+    (caps_and_bars,) = bars.errorbar.lines[2]  # the measured rows' error bars
+    half_widths = [abs(seg[1][0] - seg[0][0]) / 2 for seg in caps_and_bars.get_segments()]
+    assert half_widths[0] == pytest.approx(math.sqrt(0.5 / 2 + 0.5 / 2))  # Welch SE, not sqrt(s_a² + s_b²)
+    assert [r.get_width() for r in bars][:2] == [pytest.approx(3.0), pytest.approx(-2.0)]

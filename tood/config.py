@@ -3,7 +3,9 @@
 params.yaml layout (see the file itself for every value and its source):
 
     alpha, beta          top-level: the headline TOOD run's TAL exponents (t = s^alpha * u^beta, paper Eq. 9)
-    seeds                list of seeds every variant is trained with
+    seeds                list of seeds every variant is trained with (a variant may set its own `seeds`)
+    trial                optional bool: a pipeline try-out (e.g. a tiny budget); tables.md then says at
+                         the top that it supports no conclusions
     shapes               generator settings of the embedded synthetic dataset
     pretrain             the `pretrain` stage: our stand-in for ImageNet (shape-crop classification)
     data, model, assign, loss, optim, train, eval    shared sections, one dataclass each
@@ -11,9 +13,10 @@ params.yaml layout (see the file itself for every value and its source):
     variants             {name: overrides}, one entry per paper ablation cell
 
 A variant's overrides are flat keys of `model` or `assign` (e.g. `head: parallel`, `assigner: atss`,
-`alpha: 0.5`). Loading is strict, as nanoGPT's configurator is: an unknown key, a wrong type or an
-out-of-range value raises ConfigError naming the key path, the value and what is allowed, before any
-work starts.
+`alpha: 0.5`), plus `seeds: [...]`, which replaces the top-level list for that variant only (issue 10:
+"the α/β cells may use fewer seeds if the table says so"; the headline always uses the top-level `seeds`).
+Loading is strict, as nanoGPT's configurator is: an unknown key, a wrong type or an out-of-range value
+raises ConfigError naming the key path, the value and what is allowed, before any work starts.
 """
 
 from __future__ import annotations
@@ -280,8 +283,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
-        if not self.seeds:
-            raise ConfigError("seeds: [] is empty; give at least one integer seed")
+        _check_seeds(self.seeds, "seeds")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -311,7 +313,7 @@ resolve_data_root = resolve_repo_path  # data.root is the main user of this rule
 
 
 _SECTIONS = ("shapes", "pretrain", "data", "model", "assign", "loss", "optim", "train", "eval")
-_TOP_LEVEL = {"alpha", "beta", "seeds", "headline", "variants", *_SECTIONS}
+_TOP_LEVEL = {"alpha", "beta", "seeds", "trial", "headline", "variants", *_SECTIONS}
 
 
 def load_params(path: str | Path) -> dict[str, Any]:
@@ -383,6 +385,7 @@ def resolve_run_config(params: dict[str, Any], variant: str, where: str = "param
     else:
         raise ConfigError(f"{where}: unknown variant '{variant}'; known: {variant_names(params)}")
 
+    seeds = _variant_seeds(params, overrides, where, key_prefix)
     sections = {name: dict(params.get(name) or {}) for name in _SECTIONS}
     model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
     assign_keys = {f.name for f in dataclasses.fields(AssignConfig)}
@@ -393,10 +396,11 @@ def resolve_run_config(params: dict[str, Any], variant: str, where: str = "param
             sections["assign"][key] = value
         else:
             raise ConfigError(
-                f"{where}: {key_prefix}.{key}: unknown override{_did_you_mean(key, model_keys | assign_keys)}; "
-                f"allowed: {sorted(model_keys | assign_keys)}"
+                f"{where}: {key_prefix}.{key}: unknown override"
+                f"{_did_you_mean(key, model_keys | assign_keys | {'seeds'})}; "
+                f"allowed: {sorted(model_keys | assign_keys | {'seeds'})}"
             )
-    raw = {"variant": variant, "seeds": params.get("seeds", [0]), **sections}
+    raw = {"variant": variant, "seeds": seeds, **sections}
     return from_dict(RunConfig, raw, where)
 
 
@@ -409,6 +413,31 @@ def _top_level_exponent(params: dict[str, Any], key: str, where: str) -> float:
         return getattr(from_dict(AssignConfig, {key: params[key]}, where), key)
     except ConfigError as e:
         raise ConfigError(str(e).replace(f"assign.{key}:", f"{key}:", 1)) from None
+
+
+def _variant_seeds(params: dict[str, Any], overrides: dict[str, Any], where: str, key_prefix: str) -> Any:
+    """The top-level `seeds`, or a variant's own `seeds: [...]` (popped from its overrides).
+
+    The headline keeps the top-level list: it is in the main contrasts (Tables 3, 6) and is Table 4's
+    reference cell, so it always gets the full count.
+    """
+    if "seeds" not in overrides:
+        return params.get("seeds", [0])  # checked with the rest of RunConfig
+    if key_prefix == "headline":
+        raise ConfigError(f"{where}: headline.seeds: set the top-level `seeds` instead (it drives this run)")
+    seeds = _convert(tuple[int, ...], overrides.pop("seeds"), where, f"{key_prefix}.seeds")
+    try:
+        _check_seeds(seeds, f"{key_prefix}.seeds")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return seeds
+
+
+def _check_seeds(seeds: tuple[int, ...], key: str) -> None:
+    if not seeds:
+        raise ConfigError(f"{key}: [] is empty; give at least one integer seed")
+    if len(set(seeds)) != len(seeds):  # a repeated seed would be averaged in twice
+        raise ConfigError(f"{key}: {list(seeds)} repeats a seed; list each seed once")
 
 
 # ---------------------------------------------------------------------------------------------------

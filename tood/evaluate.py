@@ -22,7 +22,7 @@ PCC_top50:
 IoU_top10:
     per instance, the mean IoU with g of its 10 most confident candidates (fewer if it has fewer;
     instances with none are skipped), averaged over instances.
-Box counts after NMS (final detections, all classes):
+Box counts after NMS (final detections, all classes), keys n_correct / n_redundant / n_error:
     each detection is matched to the GT *of its own class* with the highest IoU (its best IoU is 0
     when the image has no GT of that class);
     correct   = for each GT, the highest-scoring detection matched to it with IoU >= 0.5 (<= 1 per GT);
@@ -31,6 +31,8 @@ Box counts after NMS (final detections, all classes):
     the rest (best IoU <= 0.1) are not counted. Counts are totals over the split, as the paper's are
     totals over COCO minival. Unlike COCOeval's greedy matching, a detection never falls back to its
     second-best GT, so "correct" counts the GTs that are found at IoU 0.5 (a recall count).
+    The keys carry an `n_` prefix because DVC reads a key named `error` anywhere in a metrics file as a
+    failed load ("DVC failed to load some metrics"; issue 12).
 GTs given to `alignment_stats` must be the image's non-crowd instances; crowd regions are left out.
 """
 
@@ -51,7 +53,7 @@ from torch import Tensor
 from tood.boxes import pairwise_iou
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # order of COCOeval.stats[:6]
-ALIGN_KEYS = ("pcc_top50", "iou_top10", "correct", "redundant", "error")
+ALIGN_KEYS = ("pcc_top50", "iou_top10", "n_correct", "n_redundant", "n_error")
 IGNORED, CORRECT, REDUNDANT, ERROR = 0, 1, 2, 3  # codes returned by classify_detections
 
 
@@ -170,7 +172,8 @@ def alignment_stats(
         gt_boxes: (G, 4) non-crowd GT boxes; gt_labels: (G,) long in [0, C).
         det_boxes: (D, 4), det_scores: (D,), det_labels: (D,) final detections after NMS.
     Returns:
-        {"instances", "pcc_sum", "pcc_count", "iou10_sum", "iou10_count", "correct", "redundant", "error"}
+        {"instances", "pcc_sum", "pcc_count", "iou10_sum", "iou10_count", "n_correct", "n_redundant",
+        "n_error"}
         as Python numbers (one host sync per image).
     """
     device = scores.device
@@ -189,14 +192,14 @@ def alignment_stats(
         "pcc_count": int(values[1]),
         "iou10_sum": values[2],
         "iou10_count": int(values[3]),
-        "correct": int(values[4]),
-        "redundant": int(values[5]),
-        "error": int(values[6]),
+        "n_correct": int(values[4]),
+        "n_redundant": int(values[5]),
+        "n_error": int(values[6]),
     }
 
 
 def summarize_alignment(stats: Iterable[Mapping[str, float]]) -> dict[str, float]:
-    """Add up per-image `alignment_stats` -> {pcc_top50, iou_top10, correct, redundant, error}.
+    """Add up per-image `alignment_stats` -> {pcc_top50, iou_top10, n_correct, n_redundant, n_error}.
 
     PCC and IoU are means over instances (NaN when no instance qualified); the counts are totals.
     """
@@ -207,9 +210,9 @@ def summarize_alignment(stats: Iterable[Mapping[str, float]]) -> dict[str, float
     return {
         "pcc_top50": total["pcc_sum"] / total["pcc_count"] if total.get("pcc_count") else math.nan,
         "iou_top10": total["iou10_sum"] / total["iou10_count"] if total.get("iou10_count") else math.nan,
-        "correct": int(total.get("correct", 0)),
-        "redundant": int(total.get("redundant", 0)),
-        "error": int(total.get("error", 0)),
+        "n_correct": int(total.get("n_correct", 0)),
+        "n_redundant": int(total.get("n_redundant", 0)),
+        "n_error": int(total.get("n_error", 0)),
     }
 
 

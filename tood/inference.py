@@ -116,7 +116,7 @@ def evaluate_checkpoint(
 
     The model (and the ATSS/TAL test-score rule) comes from the checkpoint's own config; data and
     post-processing settings from `cfg`. Returns {AP, AP50, AP75, APs, APm, APl, pcc_top50, iou_top10,
-    correct, redundant, error, per_class: {name: AP}, num_images, num_detections, epochs}.
+    n_correct, n_redundant, n_error, per_class: {name: AP}, num_images, num_detections, epochs}.
     """
     path = Path(checkpoint_path)
     ckpt = torch.load(path, map_location="cpu", weights_only=True)

@@ -1,16 +1,16 @@
 """The TOOD paper's numbers that this pipeline reproduces, and which variant makes each paper row.
 
 Source of every number: Feng, Zhong, Gao, Scott, Huang, "TOOD: Task-aligned One-stage Object Detection",
-ICCV 2021, arXiv 2108.07755v3 (copied from /work/shared/reference/paper_tables.yaml, which cites the
-paper's tables). Paper setting for all rows: COCO 2017 (train2017 / minival = val2017), ResNet-50 + FPN,
-1333x800, 12 epochs (1x), anchor-free unless the row says anchor-based [P §4.1].
+ICCV 2021, arXiv 2108.07755v3, Tables 1-4 and 6 (transcribed by hand; tests/test_report.py checks them
+against the team's independent transcription where that file is present). Paper setting for all rows:
+COCO 2017 (train2017 / minival = val2017), ResNet-50 + FPN, 1333x800, 12 epochs (1x), anchor-free unless the row says anchor-based [P §4.1].
 
-AP values are on the paper's 0-100 scale. Our metrics files store COCO AP in [0, 1]; tood.report rescales.
+AP values are on the paper's 0-100 scale. Our metrics files store COCO AP in [0, 1]; tood.results rescales.
 PCC (top-50) and IoU (top-10) are in [0, 1] in both. Box counts are totals over the paper's 5k minival
 images, so only their direction (not their size) is comparable with ours.
 
 `variant` is the params.yaml variant that reproduces the row; `config` is what that variant must resolve
-to for the row to count (tood.report checks it). Table 4's (1, 6) cell is the headline `tood` run, whose
+to for the row to count (tood.results checks it). Table 4's (1, 6) cell is the headline `tood` run, whose
 alpha/beta are user-set top-level params: it sits on that cell only when they are (1, 6).
 """
 
@@ -24,6 +24,15 @@ from tood.config import HEADLINE
 
 SOURCE = "TOOD (Feng et al., ICCV 2021), arXiv 2108.07755v3"
 PAPER_SETTING = {"dataset": "coco2017", "depth": 50, "img_scale": (1333, 800), "epochs": 12}
+# The model Table 1's params/FLOPs describe [P Table 1, §4.1][R tood_r50_fpn_1x_coco.py]: ResNet-50 with the
+# stem and stage 1 frozen (BN affine still trained: mmdet's norm_cfg requires_grad=True, norm_eval=True),
+# FPN and head width 256, T-Head N=6, GN 32, 80 COCO classes; FLOPs at a 1280x800 input (H=800, W=1280).
+TABLE1_MODEL = {
+    "depth": 50, "frozen_stages": 1, "norm": "bn", "fpn_channels": 256, "stacked_convs": 6,
+    "la_reduction": 8, "gn_groups": 32,
+}  # fmt: skip
+TABLE1_NUM_CLASSES = 80
+TABLE1_INPUT_HW = (800, 1280)
 
 AF_ATSS_PARALLEL = {"head": "parallel", "assigner": "atss", "anchor": "free"}
 AF_ATSS_THEAD = {"head": "tood", "assigner": "atss", "anchor": "free"}
@@ -68,6 +77,8 @@ def _ap(ap: float, ap50: float, ap75: float, **extra: float) -> dict[str, float]
 
 
 # Table 1 [P]: parallel head vs T-Head, ATSS rows. params_m / gflops = head / full detector, FLOPs @1280x800.
+# The FLOPs come from mmcv's get_flops (mmdet tools/analysis_tools/get_flops.py), which counts one
+# multiply-add as one FLOP; its parameter count is of the parameters that train (requires_grad).
 TABLE1 = (
     PaperRow("Table 1", "ATSS anchor-free, parallel head", "parallel_atss", AF_ATSS_PARALLEL,
              _ap(39.2, 57.4, 42.2, head_params_m=4.92, params_m=32.07, head_gflops=104.87, gflops=205.21)),
@@ -117,7 +128,7 @@ TABLE4_CHOSEN = TABLE4[3]  # (1, 6): the paper's choice, reproduced by the headl
 def _t6(
     ap: float, ap50: float, ap75: float, pcc: float, iou: float, c: int, r: int, e: int
 ) -> dict[str, float]:
-    return _ap(ap, ap50, ap75, pcc_top50=pcc, iou_top10=iou, correct=c, redundant=r, error=e)
+    return _ap(ap, ap50, ap75, pcc_top50=pcc, iou_top10=iou, n_correct=c, n_redundant=r, n_error=e)
 
 
 _T6_NOTE = "AP50/AP75 not printed in Table 6; cross-linked from Tables 1-3 (derived)"
@@ -144,7 +155,7 @@ TABLES: dict[str, tuple[PaperRow, ...]] = {
 }
 ALL_ROWS: tuple[PaperRow, ...] = tuple(row for rows in TABLES.values() for row in rows)
 
-ALIGNMENT_METRICS = ("AP", "pcc_top50", "iou_top10", "correct", "redundant", "error")
+ALIGNMENT_METRICS = ("AP", "pcc_top50", "iou_top10", "n_correct", "n_redundant", "n_error")
 
 # The comparisons the paper draws from these tables (treated - baseline).
 ABLATIONS: tuple[Ablation, ...] = (

@@ -664,7 +664,7 @@ def _markdown(stats: dict[str, dict]) -> str:
     title = [
         "# `shapes` dataset statistics",
         "",
-        "Written by `python -m pipeline.make_data` (tood/shapes.py).",
+        "Written by `python -m pipeline.prepare_data` (the `data` stage; tood/shapes.py).",
         "",
     ]
     parts = (title, _summary_table(stats), _class_table(stats), _occlusion_table(stats), _level_table(stats))

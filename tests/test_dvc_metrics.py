@@ -1,0 +1,122 @@
+"""The real `dvc metrics show` / `dvc exp show` on a temporary DVC repo holding the metrics files our code
+writes: no "DVC failed to load some metrics" (issue 12: a key named `error` trips DVC's own error
+detection), and the README's `dvc exp show` command runs and gives a readable table."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.evaluate_variant import aggregate
+from tood.complexity import measure
+from tood.config import ModelConfig, load_params, resolve_run_config, variant_names
+from tood.evaluate import COCO_KEYS, alignment_stats, summarize_alignment
+from tood.report import tabulate
+
+REPO = Path(__file__).resolve().parents[1]
+FAILED = "DVC failed to load some metrics"
+
+
+def evaluate_output(params: dict, variant: str) -> dict:
+    """A metrics file as pipeline.evaluate_variant writes it, every key from the real code paths, from a
+    one-box image with a correct detection and an error one (IoU 0.4): DVC only trips on a truthy value."""
+    gt = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    dets = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 4.0]])
+    stats = alignment_stats(
+        torch.full((1, 2), 0.5),
+        gt,
+        gt,
+        torch.tensor([0]),
+        dets,
+        torch.tensor([0.9, 0.8]),
+        torch.tensor([0, 0]),
+    )
+    assert (stats["n_correct"], stats["n_error"]) == (1, 1)
+    per_seed = {k: 0.25 for k in COCO_KEYS} | {"per_class": {"ring": 0.25}} | summarize_alignment([stats])
+    cfg = resolve_run_config(params, variant)
+    seeds = {str(s): per_seed | {"mlflow_run_id": f"run{s}"} for s in cfg.seeds}
+    tiny = ModelConfig(depth=18, fpn_channels=16, gn_groups=4, stacked_convs=2)
+    complexity = measure(tiny, 2, (64, 64), frozen_stages=-1).to_dict()
+    return aggregate(cfg, seeds) | {"complexity": {"run": complexity, "paper_config": complexity}}
+
+
+def _dvc(args: list[str], repo: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")} | {"DVC_NO_ANALYTICS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        check=False, cwd=repo, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def _git(args: list[str], repo: Path) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True)
+
+
+@pytest.fixture(scope="module")
+def dvc_repo(tmp_path_factory) -> Path:
+    """The repo's params.yaml and dvc.yaml with every metrics file and summary.json (the tabulate stage's
+    output from them), committed."""
+    repo = tmp_path_factory.mktemp("dvc_repo")
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy(REPO / name, repo / name)
+    params = load_params(repo / "params.yaml")
+    metrics = repo / "reports" / "metrics"
+    metrics.mkdir(parents=True)
+    for v in variant_names(params):
+        (metrics / f"{v}.json").write_text(json.dumps(evaluate_output(params, v), indent=2))
+    # summary.json from those files through the real tabulate: the evaluate output is what the report reads
+    reports = repo / "reports"
+    tabulate(
+        params, metrics, repo / "runs", reports / "tables.md", reports / "summary.json", reports / "figures"
+    )
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    assert _dvc(["init", "-q"], repo).returncode == 0
+    _git(["add", "-A"], repo)
+    _git(["commit", "-qm", "metrics"], repo)
+    return repo
+
+
+def ours(repo: Path) -> list[str]:
+    """The metrics files our stages write (other stages' files, e.g. the pretrain stage's, are not made here
+    and would read as missing, which is not what these tests are about)."""
+    return sorted(str(p.relative_to(repo)) for p in (repo / "reports").glob("**/*.json"))
+
+
+def test_metrics_show_loads_every_file(dvc_repo):
+    proc = _dvc(["metrics", "show", *ours(dvc_repo)], dvc_repo)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout + proc.stderr
+    assert FAILED not in out
+    assert "n_error" in out and "reports/summary.json" in out and "reports/metrics/a15_b8.json" in out
+
+
+def test_a_key_named_error_is_what_dvc_fails_on(dvc_repo, tmp_path):
+    """The control: the same check does see the failure when a metrics file holds the old key."""
+    repo = tmp_path / "repo"
+    shutil.copytree(dvc_repo, repo)
+    path = repo / "reports" / "metrics" / "tood.json"
+    path.write_text(path.read_text().replace('"n_error"', '"error"'))
+    proc = _dvc(["metrics", "show", *ours(repo)], repo)
+    assert FAILED in proc.stdout + proc.stderr
+
+
+def test_readme_exp_show_command_gives_a_readable_table(dvc_repo):
+    readme = (REPO / "README.md").read_text()
+    (line,) = [x for x in readme.splitlines() if x.startswith("uv run dvc exp show")]
+    args = shlex.split(line.split("  #")[0])
+    assert args[:3] == ["uv", "run", "dvc"]
+    proc = _dvc(args[3:], dvc_repo)
+    assert proc.returncode == 0, proc.stderr
+    header = [c.strip() for c in proc.stdout.splitlines()[0].strip("|").split("|")]
+    variants = variant_names(load_params(REPO / "params.yaml"))
+    assert sorted(header) == sorted(["Experiment", "alpha", "beta", *(f"variants.{v}.AP" for v in variants)])
+    bare = _dvc(["exp", "show", "--csv"], dvc_repo)
+    assert len(bare.stdout.splitlines()[0].split(",")) > 1000  # what the --keep saves the reader from

@@ -1,0 +1,284 @@
+"""What the grid measured and how each paper ablation compares: the inputs of tables.md and the figures.
+
+Inputs (one explicit list of variants from params.yaml, never a glob):
+    reports/metrics/<variant>.json   evaluate output: "seeds" ({seed: {metric: value, "mlflow_run_id"}}),
+                                     "setting" (dataset, depth, switches) and "complexity" (tood.complexity)
+
+Every statistic is computed here from the per-seed values (the file's mean/std are the same numbers).
+Our COCO APs are stored in [0, 1] and shown on the paper's 0-100 scale.
+
+Verdict of an ablation (treated - baseline) on one metric, issue 10 "Statistics a reviewer accepts":
+    delta = mean_b - mean_a over each side's seeds;
+    SE    = sqrt(s_a^2 / n_a + s_b^2 / n_b), s the sample std (ddof=1): Welch's standard error of a
+            difference of two independent means. It shrinks as seeds are added, unlike the spread of
+            single runs sqrt(s_a^2 + s_b^2) that this replaced, which no number of seeds could make
+            conclusive.
+    n_a < 2 or n_b < 2: SE is not measured -> "not measured", never a direction verdict;
+    |delta| > 2 SE and the paper's sign -> "reproduces"; the opposite sign -> "contradicts";
+    otherwise, or when delta rounds to zero as displayed -> "inconclusive".
+Seeds are not paired across variants. The same seed gives two variants the same data order, but training
+is chaotic (issue 10: one variant, one seed, two machines: losses drift apart after step 4 and AP moves
+by ~1), so no correlation between two variants' same-seed runs is established, and a paired SE would rest
+on n - 1 degrees of freedom for nothing; Welch's needs no pairing and allows unequal seed counts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tood import paper
+from tood.config import ConfigError, resolve_run_config, variant_names
+from tood.paper import TABLE4, Ablation, PaperRow
+
+AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCO AP in [0, 1] in the metrics files
+ALIGN_KEYS = ("pcc_top50", "iou_top10", "n_correct", "n_redundant", "n_error")  # = tood.evaluate.ALIGN_KEYS
+METRIC_KEYS = AP_KEYS + ALIGN_KEYS
+SETTING_KEYS = ("dataset", "depth", "img_scale", "epochs")
+SWITCHES = ("head", "assigner", "anchor", "alpha", "beta")
+COMPLEXITY_KEYS = ("head_params", "params", "all_params", "head_gflops", "gflops")
+VERDICTS = ("reproduces", "contradicts", "inconclusive", "not measured", "not run", "no paper number")
+DASH = "—"
+
+
+class ReportError(RuntimeError):
+    """Inputs of the report are missing, malformed or stale; the message names the file and the variant."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# one metric of one variant
+
+
+def fmt_value(key: str, x: float | None, signed: bool = False) -> str:
+    """A value as the tables show it: AP 1 decimal, PCC/IoU 3, box counts whole (1 decimal for a mean)."""
+    if x is None:
+        return DASH
+    if math.isnan(x):
+        return "n/a"
+    if key in AP_KEYS:
+        text = f"{x:.1f}"
+    elif key in ("pcc_top50", "iou_top10"):
+        text = f"{x:.3f}"
+    else:
+        text = f"{x:,.0f}" if float(x).is_integer() else f"{x:,.1f}"
+    if float(text.replace(",", "")) == 0:
+        return text.lstrip("-")  # a value that shows as zero has no sign: never "-0.0"
+    return f"+{text}" if signed and x > 0 else text
+
+
+def displays_as_zero(key: str, x: float) -> bool:
+    return float(fmt_value(key, x).replace(",", "")) == 0
+
+
+@dataclass(frozen=True)
+class Stat:
+    """One metric of one variant on the display scale (AP x100): its defined per-seed values in seed order."""
+
+    key: str
+    values: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.values) / self.n if self.n else math.nan
+
+    @property
+    def var(self) -> float:
+        """Sample variance (ddof=1); NaN below two seeds."""
+        if self.n < 2:
+            return math.nan
+        return sum((v - self.mean) ** 2 for v in self.values) / (self.n - 1)
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.var)
+
+    def fmt(self) -> str:
+        """mean ± std with two or more seeds, the single value with one, n/a with none."""
+        if self.n > 1:
+            return f"{fmt_value(self.key, self.mean)} ± {fmt_value(self.key, self.std)}"
+        return fmt_value(self.key, self.mean)
+
+    def fmt_seeds(self) -> str:
+        return ", ".join(fmt_value(self.key, v) for v in self.values) or "n/a"
+
+
+def stat(metrics: dict[str, Any], key: str) -> Stat:
+    """Per-seed values of one metric; COCO's -1 (no objects of that size) and null are left out."""
+    scale = 100.0 if key in AP_KEYS else 1.0
+    values = []
+    for per_seed in metrics["seeds"].values():
+        v = per_seed.get(key)
+        if v is None or (key in AP_KEYS and v < 0) or not math.isfinite(v):
+            continue
+        values.append(float(v) * scale)
+    return Stat(key, tuple(values))
+
+
+# ---------------------------------------------------------------------------------------------------
+# what was run
+
+
+@dataclass(frozen=True)
+class Runs:
+    """What was measured: metrics file per listed variant, each variant's resolved switches and seeds."""
+
+    metrics: dict[str, dict[str, Any]]  # variant -> metrics JSON
+    switches: dict[str, dict[str, Any]]  # variant -> {head, assigner, anchor, alpha, beta, warmup_epochs}
+    seeds: dict[str, tuple[int, ...]]  # variant -> its seeds (its own `seeds:` or the top-level list)
+    trial: bool = False  # params.yaml `trial: true`: a try-out whose tables support no conclusions
+
+    def ours(self, row: PaperRow) -> tuple[dict[str, Any] | None, str]:
+        """Our metrics for a paper row, or None and why ("not run ...") when no run sits on that row."""
+        sw = self.switches.get(row.variant)
+        if sw is None:
+            return None, "not run"
+        if not paper.on_cell(row.config, sw["alpha"], sw["beta"]):
+            return None, "not run"
+        wrong = [f"{k}={sw[k]}" for k in row.config if k not in ("alpha", "beta") and sw[k] != row.config[k]]
+        if wrong:
+            return None, f"not run (`{row.variant}` is {', '.join(wrong)})"
+        return self.metrics[row.variant], ""
+
+
+def trial_flag(params: dict[str, Any], where: str = "params.yaml") -> bool:
+    """The top-level `trial` key (absent = false): the run only tries the pipeline out."""
+    value = params.get("trial", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: trial: {value!r} should be true or false")
+    return value
+
+
+def load_runs(params: dict[str, Any], metrics_dir: Path, where: str = "params.yaml") -> Runs:
+    """Read reports/metrics/<variant>.json for every variant listed in params.yaml and check it is current."""
+    variants = variant_names(params)
+    paths = {v: Path(metrics_dir) / f"{v}.json" for v in variants}
+    missing = [f"{paths[v]} (variant '{v}')" for v in variants if not paths[v].is_file()]
+    if missing:
+        many = "s" if len(missing) > 1 else ""
+        raise ReportError(
+            f"missing metrics file{many} for variant{many} listed in {where}: {'; '.join(missing)}. "
+            "Run the evaluate stage first (`dvc repro`)."
+        )
+    switches, seeds = {}, {}
+    for v in variants:
+        cfg = resolve_run_config(params, v, where)
+        model, assign = cfg.model, cfg.assign
+        switches[v] = {"head": model.head, "assigner": assign.assigner, "anchor": model.anchor}
+        switches[v] |= {"alpha": assign.alpha, "beta": assign.beta, "warmup_epochs": assign.warmup_epochs}
+        seeds[v] = cfg.seeds
+    metrics = {v: _read_metrics(paths[v], v, switches[v], seeds[v], where) for v in variants}
+    return Runs(metrics, switches, seeds, trial_flag(params, where))
+
+
+def _read_metrics(path: Path, variant: str, switches: dict, seeds: tuple[int, ...], where: str) -> dict:
+    try:
+        m = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ReportError(f"{path} (variant '{variant}'): not valid JSON: {e}") from None
+    stale = "the metrics are stale, re-run `dvc repro`"
+    absent = [k for k in ("seeds", "setting", "complexity") if k not in m]
+    absent += [f"setting.{k}" for k in SETTING_KEYS if k not in m.get("setting", {})]
+    absent += [f"complexity.{c}" for c in ("run", "paper_config") if c not in m.get("complexity", {})]
+    absent += [f"seeds.{s}.{k}" for s, r in m.get("seeds", {}).items() for k in METRIC_KEYS if k not in r]
+    if absent:
+        raise ReportError(f"{path} (variant '{variant}'): missing key(s) {absent[:6]}; {stale}")
+    if sorted(m["seeds"]) != sorted(str(s) for s in seeds):
+        raise ReportError(
+            f"{path} (variant '{variant}'): seeds {sorted(m['seeds'])} but {where} gives this variant "
+            f"{list(seeds)}; {stale}"
+        )
+    for k in SWITCHES:
+        got, want = m["setting"].get(k, switches[k]), switches[k]
+        if got != want and not (isinstance(want, float) and math.isclose(float(got), want)):
+            raise ReportError(
+                f"{path} (variant '{variant}'): measured with {k}={got} but {where} resolves {k}={want}; "
+                f"{stale}"
+            )
+    return m
+
+
+# ---------------------------------------------------------------------------------------------------
+# comparisons
+
+
+def standard_error(a: Stat, b: Stat) -> float:
+    """Welch's SE of mean_b - mean_a: sqrt(s_a^2/n_a + s_b^2/n_b); NaN when either side has < 2 seeds."""
+    if a.n < 2 or b.n < 2:
+        return math.nan
+    return math.sqrt(a.var / a.n + b.var / b.n)
+
+
+def verdict(key: str, paper_delta: float, delta: float, se: float, n_a: int, n_b: int) -> str:
+    """One of VERDICTS for our delta against the paper's, at 2 SE (rule in the module docstring).
+
+    A zero paper delta has no direction to reproduce and reads like a missing one. "not run" (a side has
+    no run at all) is decided by Comparison; here a NaN delta (no defined value on a side) is not measured.
+    """
+    if math.isnan(paper_delta) or paper_delta == 0:
+        return "no paper number"
+    if n_a < 2 or n_b < 2 or math.isnan(se) or math.isnan(delta):
+        return "not measured"
+    if displays_as_zero(key, delta) or abs(delta) <= 2 * se:
+        return "inconclusive"
+    return "reproduces" if (delta > 0) == (paper_delta > 0) else "contradicts"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    ablation: Ablation
+    metric: str
+    paper_delta: float
+    base: Stat | None  # None when that side was not run
+    treated: Stat | None
+
+    @property
+    def delta(self) -> float:
+        return math.nan if self.base is None or self.treated is None else self.treated.mean - self.base.mean
+
+    @property
+    def se(self) -> float:
+        return (
+            math.nan if self.base is None or self.treated is None else standard_error(self.base, self.treated)
+        )
+
+    @property
+    def n_a(self) -> int:
+        return self.base.n if self.base is not None else 0
+
+    @property
+    def n_b(self) -> int:
+        return self.treated.n if self.treated is not None else 0
+
+    @property
+    def verdict(self) -> str:
+        if self.base is None or self.treated is None:
+            return "not run"
+        return verdict(self.metric, self.paper_delta, self.delta, self.se, self.n_a, self.n_b)
+
+
+def compare(ablation: Ablation, runs: Runs) -> list[Comparison]:
+    """Paper delta vs our delta (treated - baseline) for each metric of an ablation."""
+    (base, _), (treat, _) = runs.ours(ablation.baseline), runs.ours(ablation.treated)
+    out = []
+    for key in ablation.metrics:
+        a = stat(base, key) if base is not None else None
+        b = stat(treat, key) if treat is not None else None
+        out.append(Comparison(ablation, key, ablation.paper_delta(key), a, b))
+    return out
+
+
+def ours_only(runs: Runs) -> list[tuple[str, float, float]]:
+    """Table-4 variants (the headline included) that ran at an (alpha, beta) other than their paper cell."""
+    out = []
+    for row in TABLE4:
+        sw = runs.switches.get(row.variant)
+        if sw is not None and not paper.on_cell(row.config, sw["alpha"], sw["beta"]):
+            out.append((row.variant, sw["alpha"], sw["beta"]))
+    return out
