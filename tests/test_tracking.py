@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import re
 import shutil
 import socket
@@ -75,11 +76,51 @@ def test_run_params_render_numbers_one_way():
     from_float = resolve_run_config({"alpha": 1.0, "beta": 6.0}, "tood")
     params = tracking.run_params(from_int, seed=2)
     assert params == tracking.run_params(from_float, seed=2)
-    assert (params["alpha"], params["beta"], params["assign.alpha"]) == ("1.0", "6.0", "1.0")
+    assert (params["alpha"], params["beta"]) == ("1.0", "6.0")
     assert (params["head"], params["assigner"], params["anchor"]) == ("tood", "tal", "free")
     assert params["seed"] == "2" and params["model.depth"] == "50"
     assert params["data.img_scale"] == "[1333, 800]" and params["model.pretrained"] == "false"
     assert params["seeds"] == "[0]" and params["variant"] == "tood"
+    assert params["assign.topk"] == "13" and params["assign.warmup_epochs"] == "4"
+
+
+def test_each_setting_is_logged_under_one_name():
+    cfg = resolve_run_config({"alpha": 0.5, "beta": 4}, "tood")
+    params = tracking.run_params(cfg, seed=0)
+    for path in ("assign.alpha", "assign.beta", "model.head", "assign.assigner", "model.anchor"):
+        assert path not in params  # logged as alpha, beta, head, assigner, anchor
+    # every resolved setting is there once: the flat config, renamed, plus the seed
+    assert len(params) == len(cfg.flat()) + 1
+
+
+def test_atss_runs_leave_out_the_tal_settings_they_ignore():
+    cfg = resolve_run_config({"alpha": 1, "beta": 6, "variants": {"atss": {"assigner": "atss"}}}, "atss")
+    params = tracking.run_params(cfg, seed=0)
+    assert params["assigner"] == "atss" and params["assign.atss_topk"] == "9"
+    for key in ("alpha", "beta", "assign.topk", "assign.warmup_epochs", "loss.qfl_beta"):
+        assert key not in params, key
+    assert tracking.run_name(cfg, 0) == "atss / seed0"
+
+
+def test_run_names_say_what_the_run_is():
+    assert tracking.run_name(resolve_run_config({"alpha": 1, "beta": 6}, "tood"), 0) == "tood a1 b6 / seed0"
+    cfg = resolve_run_config({"alpha": 0.5, "beta": 4.0}, "tood")
+    assert tracking.run_name(cfg, 2) == "tood a0.5 b4 / seed2"
+
+
+def test_runs_page_url_opens_the_training_view_with_the_stored_columns():
+    url = tracking.runs_page_url("http://127.0.0.1:5000/", "7")
+    assert url == (
+        "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=tood-runs"
+    )
+    view = json.loads(tracking._EXPERIMENT_TAGS["mlflow.sharedViewState.tood-runs"])
+    assert view["selectedColumns"] == [
+        "params.`head`", "params.`assigner`", "params.`anchor`", "params.`alpha`", "params.`beta`",
+        "params.`seed`", "metrics.`AP`", "metrics.`AP50`", "metrics.`AP75`",
+    ]  # fmt: skip
+    # the columns name params a TAL run really logs
+    params = tracking.run_params(resolve_run_config({"alpha": 1, "beta": 6}, "tood"), seed=0)
+    assert set(tracking.RUNS_VIEW_PARAMS) <= set(params)
 
 
 def test_dataset_fingerprint_hashes_train_then_val_annotations(data_root, tmp_path):
@@ -126,6 +167,8 @@ def test_default_store_is_pinned_to_dvc_root(tmp_path, monkeypatch, template_db)
     assert uri == f"sqlite:///{tmp_path}/mlflow.db"
     exp = client(uri).get_experiment_by_name(tracking.EXPERIMENT)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert json.loads(exp.tags["mlflow.sharedViewState.tood-runs"])["selectedColumns"][0] == "params.`head`"
+    assert tracking.experiment_id() == exp.experiment_id
     assert exp.artifact_location == f"file://{tmp_path}/mlartifacts"
     assert tracking.configure_tracking() == uri  # idempotent
     import os
@@ -145,7 +188,7 @@ def test_run_logs_params_tags_metrics_and_artifacts(store, data_root, tmp_path, 
         tracking.log_dict({"a": 1}, "extra/a.json")
     c = client(store)
     got = c.get_run(run.info.run_id)
-    assert got.info.run_name == "tood/seed3" and got.info.status == "FINISHED"
+    assert got.info.run_name == "tood a1 b6 / seed3" and got.info.status == "FINISHED"
     p = got.data.params
     assert (p["alpha"], p["beta"], p["head"], p["assigner"], p["anchor"]) == (
         "1.0",
@@ -154,6 +197,7 @@ def test_run_logs_params_tags_metrics_and_artifacts(store, data_root, tmp_path, 
         "tal",
         "free",
     )
+    assert "assign.alpha" not in p
     assert (p["model.depth"], p["seed"], p["optim.lr"]) == ("50", "3", "0.01")
     t = got.data.tags
     assert (t["variant"], t["seed"], t["dvc.stage"], t["dvc.exp_name"]) == (
@@ -214,6 +258,23 @@ def test_paper_rows_and_dvc_experiment_become_tags(store, monkeypatch, tmp_path)
     assert tags["paper.tables"] == "Table 3, Table 6"
     assert seen == {"variant": "tood", "alpha": 1.0, "beta": 6.0}
     assert tags["dvc.exp_name"] == "ws-alpha2" and tags["dataset.fingerprint"] == "missing"
+
+
+def test_evaluation_metrics_leave_out_cocos_undefined_minus_one(store):
+    metrics = {"AP": 0.3, "APs": 0.2, "APl": -1.0, "pcc_top50": -1.0, "per_class": {"ring": -1.0, "L": 0.4}}
+    with tracking.start_run(make_cfg(), seed=0) as run:
+        tracking.log_eval_metrics(metrics)
+    logged = client(store).get_run(run.info.run_id).data.metrics
+    assert logged == {"AP": 0.3, "APs": 0.2, "pcc_top50": -1.0, "per_class/L": 0.4}  # a PCC of -1 is real
+
+
+def test_last_logged_steps_of_a_resumed_run(store):
+    with tracking.start_run(make_cfg(), seed=0) as run:
+        tracking.log_metrics({"train/loss": 2.0, "train/lr": 0.1}, step=3)
+        tracking.log_metrics({"train/loss": 1.0}, step=5)
+        tracking.log_metrics({"epoch/loss": 1.5}, step=1)
+    with tracking.start_run(make_cfg(), seed=0, run_id=run.info.run_id):
+        assert tracking.last_logged_steps() == {"train/loss": 5, "train/lr": 3, "epoch/loss": 1}
 
 
 def test_logging_without_an_active_run_raises(store):
