@@ -114,7 +114,7 @@ def configure_tracking() -> str:
 
 def check_server(uri: str, timeout: float = HEALTH_TIMEOUT_S) -> None:
     """Raise a TrackingError that says how to start the server if `uri` does not answer."""
-    reason = _unreachable_reason(uri, timeout)
+    reason = unreachable_reason(uri, timeout)
     if reason is not None:
         raise TrackingError(
             f"MLflow tracking server {uri} is unreachable ({reason}). Either start it, e.g.\n"
@@ -125,7 +125,7 @@ def check_server(uri: str, timeout: float = HEALTH_TIMEOUT_S) -> None:
         )
 
 
-def _unreachable_reason(uri: str, timeout: float = HEALTH_TIMEOUT_S) -> str | None:
+def unreachable_reason(uri: str, timeout: float = HEALTH_TIMEOUT_S) -> str | None:
     """GET <uri>/health once: None if it answers (any HTTP status: MLflow then reports auth/API errors),
     else why not (refused, DNS, timeout, malformed URL)."""
     try:
@@ -470,7 +470,7 @@ def _server_calls() -> Iterator[None]:
         yield
     except MlflowException as e:
         uri = mlflow.get_tracking_uri()
-        reason = _unreachable_reason(uri) if _is_http(uri) else None
+        reason = unreachable_reason(uri) if _is_http(uri) else None
         if reason is None:
             raise
         raise TrackingError(
