@@ -1,22 +1,35 @@
-"""MLflow tracking against a throw-away sqlite store (a pre-migrated template DB copied per test)."""
+"""MLflow tracking against a throw-away sqlite store (a pre-migrated template DB copied per test), and
+against a real `mlflow server` on 127.0.0.1: the UI link, and a server that dies mid-training."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import time
 import types
+import urllib.request
+from pathlib import Path
 
 import pytest
+import torch
+import yaml
+from test_train import make_tiny_coco  # the tiny COCO generator of the training tests
 
+from pipeline.mlflow_ui import server_command
 from tood import tracking
 from tood.config import DataConfig, RunConfig, resolve_run_config
 from tood.tracking import TrackingError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -114,10 +127,9 @@ def test_runs_page_url_opens_the_training_view_with_the_stored_columns():
         "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=tood-runs"
     )
     view = json.loads(tracking._EXPERIMENT_TAGS["mlflow.sharedViewState.tood-runs"])
-    assert view["selectedColumns"] == [
-        "params.`head`", "params.`assigner`", "params.`anchor`", "params.`alpha`", "params.`beta`",
-        "params.`seed`", "metrics.`AP`", "metrics.`AP50`", "metrics.`AP75`",
-    ]  # fmt: skip
+    columns = ["metrics.`AP`", *(f"params.`{k}`" for k in ("head", "assigner", "anchor", "alpha", "beta"))]
+    assert view["selectedColumns"] == view["columnOrder"] == columns
+    assert view["columnWidths"] == dict.fromkeys(columns, 72)
     # the columns name params a TAL run really logs
     params = tracking.run_params(resolve_run_config({"alpha": 1, "beta": 6}, "tood"), seed=0)
     assert set(tracking.RUNS_VIEW_PARAMS) <= set(params)
@@ -283,3 +295,209 @@ def test_logging_without_an_active_run_raises(store):
         tracking.log_metrics({"loss": 1.0})
     with tracking.start_run(make_cfg(), seed=0), pytest.raises(TypeError, match="'note'"):
         tracking.log_metrics({"note": "text"})
+
+
+# ---------------------------------------------------------------------------------------------------
+# against a real `mlflow server` on 127.0.0.1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _start_server(root: Path, port: int) -> subprocess.Popen:
+    """`mlflow server` over root/mlflow.db in its own process group (so killpg takes uvicorn with it)."""
+    proc = subprocess.Popen(
+        server_command(f"sqlite:///{root}/mlflow.db", "127.0.0.1", port),
+        cwd=root, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    _wait_for(lambda: tracking.unreachable_reason(base, timeout=2) is None, 600, f"mlflow server at {base}")
+    return proc
+
+
+def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        return resp.read().decode()
+
+
+def _post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory, template_db):
+    """`python -m pipeline.mlflow_ui` over a store holding a TAL and an ATSS run: (printed link, base, root)."""
+    root = tmp_path_factory.mktemp("ui")
+    shutil.copy(template_db, root / "mlflow.db")
+    tal = resolve_run_config({"alpha": 1, "beta": 6}, "tood")
+    atss = resolve_run_config({"alpha": 1, "beta": 6, "variants": {"atss": {"assigner": "atss"}}}, "atss")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.setenv("DVC_ROOT", str(root))
+        for cfg, ap in ((tal, 0.4), (atss, 0.3)):
+            with tracking.start_run(cfg, seed=0):
+                tracking.log_eval_metrics({"AP": ap, "APl": -1.0})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    port, log = _free_port(), root / "ui.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.mlflow_ui", "--port", str(port)], cwd=REPO,
+            env={**env, "DVC_ROOT": str(root)}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        link = _wait_for(lambda: re.search(r"MLflow UI: (\S+)", log.read_text()), 600, "the UI link")[1]
+        yield link, f"http://127.0.0.1:{port}", root
+    finally:
+        _stop(proc)
+
+
+@pytest.mark.slow
+def test_ui_link_names_the_runs_page_and_the_view_the_server_holds(ui):
+    """What CI can check without a browser: the link, the view the server returns for it, and that the
+    frontend this MLflow ships still reads `workflowType`, the share key and the column ids we write
+    (an MLflow upgrade that renames one fails here; then re-check with the chromium test below)."""
+    link, base, root = ui
+    exp_id = client(f"sqlite:///{root}/mlflow.db").get_experiment_by_name(tracking.EXPERIMENT).experiment_id
+    assert link == tracking.runs_page_url(base, exp_id)
+    got = json.loads(_get(f"{base}/ajax-api/2.0/mlflow/experiments/get?experiment_id={exp_id}"))
+    tags = {t["key"]: t["value"] for t in got["experiment"]["tags"]}
+    view = json.loads(tags[f"mlflow.sharedViewState.{tracking.RUNS_VIEW_KEY}"])
+    runs = _post(f"{base}/ajax-api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id]})["runs"]
+    assert sorted(r["info"]["run_name"] for r in runs) == ["atss / seed0", "tood a1 b6 / seed0"]
+    logged = {
+        f"{kind}.`{item['key']}`" for r in runs for kind in ("params", "metrics") for item in r["data"][kind]
+    }
+    assert set(view["selectedColumns"]) <= logged  # every column has values
+    assert "metrics.`APl`" not in logged
+    main_js = re.search(r'src="([^"]*/static/js/main\.[0-9a-f]+\.js)"', _get(f"{base}/"))[1]
+    frontend = _get(f"{base}/{main_js}")
+    for contract in ('.get("workflowType")', '"machine_learning"', '"viewStateShareKey"',
+                     '"mlflow.sharedViewState."', '"selectedColumns"', '"columnOrder"', '".`"'):  # fmt: skip
+        assert contract in frontend, contract
+
+
+CHROMIUM = shutil.which("chromium")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs a headless browser (Debian: apt-get install -y chromium)")
+def test_ui_link_shows_the_runs_table_in_a_fresh_browser(ui, tmp_path):
+    link, _, _ = ui
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1600,900",
+             "--virtual-time-budget=25000"]  # fmt: skip
+    dom = subprocess.run(
+        [CHROMIUM, *flags, "--dump-dom", link], capture_output=True, text=True, timeout=180, check=True
+    ).stdout
+    assert "tood a1 b6 / seed0" in dom and "atss / seed0" in dom
+    for column in ("AP", *tracking.RUNS_VIEW_PARAMS):
+        assert f">{column}<" in dom, column  # a column header
+    assert "Judges" not in dom  # an item of the GenAI sidebar, which a link without workflowType shows
+
+
+@pytest.mark.slow
+def test_training_stops_within_a_minute_when_the_server_dies_then_resumes_into_the_same_run(
+    tmp_path, template_db
+):
+    """The server is SIGKILLed while the trainer is stopped (SIGSTOP) after its first epoch, so the
+    trainer's next call meets a dead server whatever the machine's speed."""
+    make_tiny_coco(tmp_path / "data")
+    params = {
+        "alpha": 1.0, "beta": 6.0, "seeds": [0],
+        "data": {"root": str(tmp_path / "data"), "img_scale": [64, 64]},
+        "model": {"depth": 18, "fpn_channels": 16, "stacked_convs": 2, "gn_groups": 4},
+        "assign": {"warmup_epochs": 1}, "optim": {"warmup_iters": 3},
+        "train": {"epochs": 4, "batch_size": 2, "log_every": 1, "num_threads": 1},
+        "variants": {"tiny": {}},
+    }  # fmt: skip
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copy(template_db, tmp_path / "mlflow.db")
+    cmd = [sys.executable, "-m", "pipeline.train_variant", "--params", str(tmp_path / "params.yaml"),
+           "--variant", "tiny", "--out", str(tmp_path / "runs" / "tiny"), "--work-dir", str(tmp_path / "work")]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_HTTP", "DVC_"))}
+
+    port = _free_port()
+    server = _start_server(tmp_path, port)
+    uri = f"http://127.0.0.1:{port}"
+    stderr = tmp_path / "train.err"
+    with stderr.open("w") as err:
+        trainer = subprocess.Popen(cmd, cwd=REPO, env={**env, "MLFLOW_TRACKING_URI": uri}, stderr=err)
+    try:
+        run_id = _wait_for(lambda: _run_with_epoch(uri, 1), 600, "the first epoch in MLflow")
+        os.kill(trainer.pid, signal.SIGSTOP)
+        _stop(server, signal.SIGKILL)
+        os.kill(trainer.pid, signal.SIGCONT)
+        t0 = time.monotonic()
+        returncode = trainer.wait(timeout=300)
+        took = time.monotonic() - t0
+    finally:
+        _stop(server, signal.SIGKILL)
+        if trainer.poll() is None:
+            trainer.kill()
+    message = stderr.read_text()
+    assert returncode != 0 and took < 60, (returncode, took, message[-2000:])
+    assert f"MLflow tracking server {uri} stopped answering" in message
+    (work_dir,) = (tmp_path / "work").iterdir()
+    epoch = torch.load(work_dir / "last.pt", weights_only=True)["epoch"]
+    assert 1 <= epoch < 4 and f"The checkpoint of epoch {epoch} is kept: {work_dir / 'last.pt'}" in message
+
+    port = _free_port()  # the server is back (same store, another port): the re-run finishes the same run
+    server = _start_server(tmp_path, port)
+    try:
+        env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{port}"
+        done = subprocess.run(
+            cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+        )
+    finally:
+        _stop(server)
+    assert done.returncode == 0, done.stderr[-2000:]
+    store = client(f"sqlite:///{tmp_path}/mlflow.db")
+    assert store.get_run(run_id).info.status == "FINISHED"
+    assert (
+        json.loads((tmp_path / "runs" / "tiny" / "seed0" / "mlflow_run.json").read_text())["run_id"] == run_id
+    )
+    for key, steps in (("train/loss", range(1, 9)), ("epoch/loss", range(1, 5))):
+        assert sorted(m.step for m in store.get_metric_history(run_id, key)) == list(steps), key
+
+
+def _run_with_epoch(uri: str, epoch: int) -> str | None:
+    """The id of the store's run once it has logged `epoch`'s mean loss, else None."""
+    try:
+        c = client(uri)
+        exp = c.get_experiment_by_name(tracking.EXPERIMENT)
+        runs = c.search_runs([exp.experiment_id]) if exp is not None else []
+    except Exception:  # noqa: BLE001 -- the trainer may not have created the experiment yet
+        return None
+    for run in runs:
+        if run.data.metrics.get("epoch/loss") is not None and any(
+            m.step >= epoch for m in c.get_metric_history(run.info.run_id, "epoch/loss")
+        ):
+            return run.info.run_id
+    return None

@@ -13,7 +13,7 @@ browser whatever the experiment's mlflow.experimentKind tag says, because the si
 lives in the browser's localStorage (mlflow#24498). The UI does honour `?workflowType=machine_learning`
 in the URL, so `runs_page_url` builds that link, adding `viewStateShareKey=<RUNS_VIEW_KEY>`: a view kept
 as the experiment tag `mlflow.sharedViewState.<key>` (the UI's own "share view" format) whose table
-columns are head, assigner, anchor, alpha, beta, seed and AP. The UI has no other per-experiment default
+columns are AP, head, assigner, anchor, alpha and beta. The UI has no other per-experiment default
 columns; without the key it shows Source/Models/Dataset.
 
 A tracking server that stops answering fails training within ~60 s with a TrackingError rather than
@@ -58,13 +58,19 @@ HTTP_RETRY_ENV = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
-# the runs-table columns of `runs_page_url`, in the key format of the UI's column ids
+# The runs table of `runs_page_url`: AP, then the five switches, narrow enough that all of them fit beside
+# the run name (which carries variant, α, β and seed) on a 1600 px screen with MLflow's Assistant panel
+# open. Column ids are the UI's own ("params.`alpha`"); columnOrder is needed, or params sort by name.
 RUNS_VIEW_KEY = "tood-runs"
-RUNS_VIEW_PARAMS = ("head", "assigner", "anchor", "alpha", "beta", "seed")
-RUNS_VIEW_METRICS = ("AP", "AP50", "AP75")
+RUNS_VIEW_METRICS = ("AP",)
+RUNS_VIEW_PARAMS = ("head", "assigner", "anchor", "alpha", "beta")
+_RUNS_VIEW_COLUMNS = [f"metrics.`{k}`" for k in RUNS_VIEW_METRICS] + [
+    f"params.`{k}`" for k in RUNS_VIEW_PARAMS
+]
 _RUNS_VIEW = {
-    "selectedColumns": [f"params.`{k}`" for k in RUNS_VIEW_PARAMS]
-    + [f"metrics.`{k}`" for k in RUNS_VIEW_METRICS],
+    "selectedColumns": _RUNS_VIEW_COLUMNS,
+    "columnOrder": _RUNS_VIEW_COLUMNS,
+    "columnWidths": dict.fromkeys(_RUNS_VIEW_COLUMNS, 72),
 }
 _EXPERIMENT_TAGS = {
     "mlflow.experimentKind": "custom_model_development",
