@@ -519,7 +519,8 @@ def _run_epochs(state, dataset, cfg, seed, device, rank, world, run, ckpt, out_d
         logger.log({f"epoch/{k}": v for k, v in epoch_losses.items()}, step=state.epoch)
         summary = _summary(state, epoch_losses, run, out_dir) if state.epoch == cfg.train.epochs else None
         if summary is not None:
-            logger.log({"train_time_s": summary["train_time_s"], "images_per_s": summary["images_per_s"]}, 0)
+            totals = {"train_time_s": summary["train_time_s"], "images_per_s": summary["images_per_s"]}
+            logger.log(totals, step=0)
         _save(state, cfg, seed, dataset, run, out_dir, summary=summary)
     if world > 1:
         dist.barrier()
