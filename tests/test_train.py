@@ -317,8 +317,8 @@ def test_changed_training_settings_start_afresh_but_eval_settings_do_not(finishe
 
 
 def test_checkpoint_from_other_source_code_is_not_resumed(finished, monkeypatch):
-    """DVC re-runs a train stage after a tood/ edit but keeps runs/ (persist): a finished checkpoint of the
-    old code must not be returned as the new result."""
+    """A run folder re-used after a tood/ edit (train into the same out_dir by hand, or a work dir copied
+    around): a finished checkpoint of the old code must not be returned as the new result."""
     cfg, out, _ = finished
     assert tood.train._usable_checkpoint(out / "last.pt", cfg, 0) is not None
     monkeypatch.setattr(tood.train, "source_fingerprint", lambda: "0" * 64)

@@ -52,8 +52,9 @@ _QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1", "GIT_
 # MLflow's defaults (7 retries, backoff factor 2, 120 s timeout) hang a training process for 8 min 22 s
 # when the server dies. These give at most 3 tries of 5 s plus ~3 s of backoff: measured 18 s for a server
 # that hangs (SIGSTOP) and ~3 s for one that refuses, then 5 s to probe /health and 5 s to try to mark
-# the run FAILED (abort_run), which keeps a training process under the 60 s we promise even on busy
-# cores. Our calls are small (metrics, a config file), so 5 s per try is generous for a live server.
+# the run FAILED (abort_run): ~28 s of waiting at worst, leaving the rest of the promised minute to the
+# process's own teardown (51 s from the server hanging to exit, measured on 2 busy cores). Our calls
+# are small (metrics, a config file), so 5 s per try is generous for a live server.
 # Set in the environment because MLflow reads them per request; a value the user exported wins.
 HTTP_RETRY_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
