@@ -179,7 +179,7 @@ def test_default_store_is_pinned_to_dvc_root(tmp_path, monkeypatch, template_db)
     assert uri == f"sqlite:///{tmp_path}/mlflow.db"
     exp = client(uri).get_experiment_by_name(tracking.EXPERIMENT)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
-    assert json.loads(exp.tags["mlflow.sharedViewState.tood-runs"])["selectedColumns"][0] == "params.`head`"
+    assert json.loads(exp.tags["mlflow.sharedViewState.tood-runs"])["selectedColumns"][0] == "metrics.`AP`"
     assert tracking.experiment_id() == exp.experiment_id
     assert exp.artifact_location == f"file://{tmp_path}/mlartifacts"
     assert tracking.configure_tracking() == uri  # idempotent
