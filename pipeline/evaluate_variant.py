@@ -51,11 +51,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def log_to_run(cfg: RunConfig, seed: int, run_id: str, metrics: dict, complexity: dict) -> None:
-    """Add the metrics (per-class AP as per_class/<name>, complexity/run/<key>, ...) and their JSON to the
-    seed's training run."""
+    """Add the metrics (per-class AP as per_class/<name>, complexity/run/<key>, ...; COCO's -1 "undefined"
+    left out) and their JSON to the seed's training run."""
     clean = _clean(metrics)
     with tracking.start_run(cfg, seed, run_id=run_id):
-        tracking.log_metrics(clean | {"complexity": complexity})
+        tracking.log_eval_metrics(clean | {"complexity": complexity})
         tracking.log_dict(clean, f"metrics_seed{seed}.json")
 
 

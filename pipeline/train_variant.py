@@ -1,9 +1,12 @@
 """Stage `train@<variant>`: train every seed of one params.yaml variant into runs/<variant>/seed<k>/.
 
-    python -m pipeline.train_variant --variant tood --out runs/tood --curves reports/curves/tood.csv
+    python -m pipeline.train_variant --variant tood --out runs/tood --work-dir runs/.work \
+        --curves reports/curves/tood.csv
     torchrun --nproc-per-node 2 -m pipeline.train_variant --variant tood --out runs/tood   # DDP
 
-Re-running resumes each seed from its last.pt; finished seeds are skipped (tood.train.train).
+Re-running resumes each seed from its last.pt; finished seeds are skipped (tood.train.train). With
+--work-dir (what dvc.yaml passes) each seed trains in its own folder there, keyed by its settings, and
+is then copied into --out, which DVC may delete before a re-run (tood.train.train_published).
 --curves writes the seed-mean loss curve (steps every seed logged) for `dvc plots`.
 """
 
@@ -26,20 +29,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="run folder, e.g. runs/<variant>")
     parser.add_argument("--data-root", type=Path, default=None, help="overrides data.root of params.yaml")
     parser.add_argument("--curves", type=Path, default=None, help="seed-mean losses.csv to write (DVC plot)")
+    parser.add_argument(
+        "--work-dir", type=Path, default=None,
+        help="train each seed in <work-dir>/<variant>-seed<k>-<key> (relative to $DVC_ROOT), then copy "
+        "it into --out; default: train in --out itself",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     cfg = load_run_config(args.params, args.variant)
     import torch  # after parsing and the config check: --help and a bad params.yaml answer at once
     import torch.distributed as dist
 
-    from tood.train import train
+    from tood.train import train, train_published
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
     if distributed:  # launched by torchrun: NCCL on GPU, gloo on CPU
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     try:
         for seed in cfg.seeds:
-            summary = train(cfg, seed, args.out / f"seed{seed}", data_root=args.data_root)
+            out = args.out / f"seed{seed}"
+            if args.work_dir is None:
+                summary = train(cfg, seed, out, data_root=args.data_root)
+            else:
+                summary = train_published(cfg, seed, out, args.work_dir, data_root=args.data_root)
             if not dist.is_initialized() or dist.get_rank() == 0:
                 print(json.dumps({"variant": cfg.variant, "seed": seed, **summary}))
         if args.curves is not None and (not dist.is_initialized() or dist.get_rank() == 0):

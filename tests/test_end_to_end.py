@@ -1,8 +1,10 @@
 """End to end: the real `dvc repro` on a tiny profile in a temporary copy of the repo, then
-`dvc exp run -S alpha=.. -S beta=..`, MLflow read back through a real `mlflow server`'s REST API."""
+`dvc exp run -S alpha=.. -S beta=..` there and back (DVC's run-cache and runs/.work: nothing retrained),
+MLflow read back through a real `mlflow server`'s REST API, two queued experiments at once."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -88,14 +90,45 @@ def test_repro_fills_every_section_from_the_runs_it_did(pipeline_repo):
         assert (repo / "reports" / "figures" / f"{figure}.png").stat().st_size > 1000
 
 
+def _exp_run(repo: Path, env: dict, alpha: str, beta: str) -> str:
+    return _run(
+        [sys.executable, "-m", "dvc", "exp", "run", "-S", f"alpha={alpha}", "-S", f"beta={beta}"], repo, env
+    )
+
+
+def _ran(log: str) -> set[str]:
+    return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 @pytest.mark.slow
-def test_exp_run_alpha_beta_reruns_only_the_headline_branch(pipeline_repo):
+def test_exp_run_alpha_beta_reruns_only_the_headline_branch_and_going_back_retrains_nothing(pipeline_repo):
     repo, env = pipeline_repo
-    log = _run([sys.executable, "-m", "dvc", "exp", "run", "-S", "alpha=0.5", "-S", "beta=4"], repo, env)
-    ran = {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
-    assert ran == {"check_params", "train_tood", "evaluate_tood", "tabulate"}, log  # check_params: any edit
+    checkpoint = repo / "runs" / "tood" / "seed0" / "last.pt"
+    trained_at_1_6, runs_before = _digest(checkpoint), _tood_runs(repo)
+    log = _exp_run(repo, env, "0.5", "4")
+    assert _ran(log) == {"check_params", "train_tood", "evaluate_tood", "tabulate"}, log  # check: any edit
     metrics = json.loads((repo / "reports" / "metrics" / "tood.json").read_text())
     assert (metrics["setting"]["alpha"], metrics["setting"]["beta"]) == (0.5, 4.0)
+    trained_at_05_4 = _digest(checkpoint)
+
+    # Back to 1/6. DVC's run-cache compares params as written (`alpha: 1` now, `1.0` committed), so
+    # train_tood runs, but finds its finished run in runs/.work and trains nothing: the checkpoint is
+    # the very file of the first repro (a retrained one would name another MLflow run).
+    log = _exp_run(repo, env, "1", "6")
+    assert _ran(log) <= {"check_params", "train_tood", "tabulate"}, log
+    assert "Stage 'evaluate_tood' is cached - skipping run" in log
+    assert _digest(checkpoint) == trained_at_1_6
+    # Each way once more: DVC's run-cache restores both stages; only tabulate (uncached tables.md) runs.
+    for alpha, beta, digest in (("0.5", "4", trained_at_05_4), ("1", "6", trained_at_1_6)):
+        log = _exp_run(repo, env, alpha, beta)
+        assert _ran(log) == {"check_params", "tabulate"}, log
+        assert "Stage 'train_tood' is cached - skipping run" in log
+        assert _digest(checkpoint) == digest
+    assert len(_tood_runs(repo)) == len(runs_before) + 1  # one MLflow run for 0.5/4, none for going back
 
 
 def _free_port() -> int:
@@ -143,12 +176,17 @@ def test_mlflow_server_lists_every_variant_run(pipeline_repo):
         tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
         by_variant.setdefault(tags.get("variant"), []).append(run)
     assert set(VARIANTS) <= set(by_variant)
+    names = {variant: [run["info"]["run_name"] for run in by_variant[variant]] for variant in VARIANTS}
+    assert "tood a1 b6 / seed0" in names["tood"] and names["parallel_atss"] == ["parallel_atss / seed0"]
     for variant in VARIANTS:
         run = by_variant[variant][0]
         params = {p["key"]: p["value"] for p in run["data"]["params"]}
         metrics = {m["key"] for m in run["data"]["metrics"]}
-        assert {"alpha", "beta", "head", "assigner", "anchor"} <= set(params)
-        assert "AP" in metrics
+        assert {"head", "assigner", "anchor"} <= set(params) and not {"model.head", "assign.alpha"} & set(
+            params
+        )
+        assert ({"alpha", "beta"} <= set(params)) == (params["assigner"] == "tal")  # ATSS ignores them
+        assert "AP" in metrics and "APl" not in metrics  # no large objects at 64 px: COCO says -1
 
 
 def _tood_runs(repo: Path) -> list:

@@ -1,21 +1,35 @@
-"""MLflow tracking against a throw-away sqlite store (a pre-migrated template DB copied per test)."""
+"""MLflow tracking against a throw-away sqlite store (a pre-migrated template DB copied per test), and
+against a real `mlflow server` on 127.0.0.1: the UI link, and a server that dies mid-training."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import json
+import os
 import re
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import time
 import types
+import urllib.request
+from pathlib import Path
 
 import pytest
+import torch
+import yaml
+from test_train import make_tiny_coco  # the tiny COCO generator of the training tests
 
+from pipeline.mlflow_ui import server_command
 from tood import tracking
 from tood.config import DataConfig, RunConfig, resolve_run_config
 from tood.tracking import TrackingError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +89,50 @@ def test_run_params_render_numbers_one_way():
     from_float = resolve_run_config({"alpha": 1.0, "beta": 6.0}, "tood")
     params = tracking.run_params(from_int, seed=2)
     assert params == tracking.run_params(from_float, seed=2)
-    assert (params["alpha"], params["beta"], params["assign.alpha"]) == ("1.0", "6.0", "1.0")
+    assert (params["alpha"], params["beta"]) == ("1.0", "6.0")
     assert (params["head"], params["assigner"], params["anchor"]) == ("tood", "tal", "free")
     assert params["seed"] == "2" and params["model.depth"] == "50"
     assert params["data.img_scale"] == "[1333, 800]" and params["model.pretrained"] == "none"
     assert params["seeds"] == "[0]" and params["variant"] == "tood"
+    assert params["assign.topk"] == "13" and params["assign.warmup_epochs"] == "4"
+
+
+def test_each_setting_is_logged_under_one_name():
+    cfg = resolve_run_config({"alpha": 0.5, "beta": 4}, "tood")
+    params = tracking.run_params(cfg, seed=0)
+    for path in ("assign.alpha", "assign.beta", "model.head", "assign.assigner", "model.anchor"):
+        assert path not in params  # logged as alpha, beta, head, assigner, anchor
+    # every resolved setting is there once: the flat config, renamed, plus the seed
+    assert len(params) == len(cfg.flat()) + 1
+
+
+def test_atss_runs_leave_out_the_tal_settings_they_ignore():
+    cfg = resolve_run_config({"alpha": 1, "beta": 6, "variants": {"atss": {"assigner": "atss"}}}, "atss")
+    params = tracking.run_params(cfg, seed=0)
+    assert params["assigner"] == "atss" and params["assign.atss_topk"] == "9"
+    for key in ("alpha", "beta", "assign.topk", "assign.warmup_epochs", "loss.qfl_beta"):
+        assert key not in params, key
+    assert tracking.run_name(cfg, 0) == "atss / seed0"
+
+
+def test_run_names_say_what_the_run_is():
+    assert tracking.run_name(resolve_run_config({"alpha": 1, "beta": 6}, "tood"), 0) == "tood a1 b6 / seed0"
+    cfg = resolve_run_config({"alpha": 0.5, "beta": 4.0}, "tood")
+    assert tracking.run_name(cfg, 2) == "tood a0.5 b4 / seed2"
+
+
+def test_runs_page_url_opens_the_training_view_with_the_stored_columns():
+    url = tracking.runs_page_url("http://127.0.0.1:5000/", "7")
+    assert url == (
+        "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=tood-runs"
+    )
+    view = json.loads(tracking._EXPERIMENT_TAGS["mlflow.sharedViewState.tood-runs"])
+    columns = ["metrics.`AP`", *(f"params.`{k}`" for k in ("head", "assigner", "anchor", "alpha", "beta"))]
+    assert view["selectedColumns"] == view["columnOrder"] == columns
+    assert view["columnWidths"] == dict.fromkeys(columns, 72)
+    # the columns name params a TAL run really logs
+    params = tracking.run_params(resolve_run_config({"alpha": 1, "beta": 6}, "tood"), seed=0)
+    assert set(tracking.RUNS_VIEW_PARAMS) <= set(params)
 
 
 def test_dataset_fingerprint_hashes_train_then_val_annotations(data_root, tmp_path):
@@ -126,6 +179,8 @@ def test_default_store_is_pinned_to_dvc_root(tmp_path, monkeypatch, template_db)
     assert uri == f"sqlite:///{tmp_path}/mlflow.db"
     exp = client(uri).get_experiment_by_name(tracking.EXPERIMENT)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert json.loads(exp.tags["mlflow.sharedViewState.tood-runs"])["selectedColumns"][0] == "metrics.`AP`"
+    assert tracking.experiment_id() == exp.experiment_id
     assert exp.artifact_location == f"file://{tmp_path}/mlartifacts"
     assert tracking.configure_tracking() == uri  # idempotent
     import os
@@ -145,7 +200,7 @@ def test_run_logs_params_tags_metrics_and_artifacts(store, data_root, tmp_path, 
         tracking.log_dict({"a": 1}, "extra/a.json")
     c = client(store)
     got = c.get_run(run.info.run_id)
-    assert got.info.run_name == "tood/seed3" and got.info.status == "FINISHED"
+    assert got.info.run_name == "tood a1 b6 / seed3" and got.info.status == "FINISHED"
     p = got.data.params
     assert (p["alpha"], p["beta"], p["head"], p["assigner"], p["anchor"]) == (
         "1.0",
@@ -154,6 +209,7 @@ def test_run_logs_params_tags_metrics_and_artifacts(store, data_root, tmp_path, 
         "tal",
         "free",
     )
+    assert "assign.alpha" not in p
     assert (p["model.depth"], p["seed"], p["optim.lr"]) == ("50", "3", "0.01")
     t = got.data.tags
     assert (t["variant"], t["seed"], t["dvc.stage"], t["dvc.exp_name"]) == (
@@ -216,9 +272,232 @@ def test_paper_rows_and_dvc_experiment_become_tags(store, monkeypatch, tmp_path)
     assert tags["dvc.exp_name"] == "ws-alpha2" and tags["dataset.fingerprint"] == "missing"
 
 
+def test_evaluation_metrics_leave_out_cocos_undefined_minus_one(store):
+    metrics = {"AP": 0.3, "APs": 0.2, "APl": -1.0, "pcc_top50": -1.0, "per_class": {"ring": -1.0, "L": 0.4}}
+    with tracking.start_run(make_cfg(), seed=0) as run:
+        tracking.log_eval_metrics(metrics)
+    logged = client(store).get_run(run.info.run_id).data.metrics
+    assert logged == {"AP": 0.3, "APs": 0.2, "pcc_top50": -1.0, "per_class/L": 0.4}  # a PCC of -1 is real
+
+
+def test_last_logged_steps_of_a_resumed_run(store):
+    with tracking.start_run(make_cfg(), seed=0) as run:
+        tracking.log_metrics({"train/loss": 2.0, "train/lr": 0.1}, step=3)
+        tracking.log_metrics({"train/loss": 1.0}, step=5)
+        tracking.log_metrics({"epoch/loss": 1.5}, step=1)
+    with tracking.start_run(make_cfg(), seed=0, run_id=run.info.run_id):
+        assert tracking.last_logged_steps() == {"train/loss": 5, "train/lr": 3, "epoch/loss": 1}
+
+
 def test_logging_without_an_active_run_raises(store):
     tracking.configure_tracking()
     with pytest.raises(TrackingError, match="no active MLflow run"):
         tracking.log_metrics({"loss": 1.0})
     with tracking.start_run(make_cfg(), seed=0), pytest.raises(TypeError, match="'note'"):
         tracking.log_metrics({"note": "text"})
+
+
+# ---------------------------------------------------------------------------------------------------
+# against a real `mlflow server` on 127.0.0.1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _start_server(root: Path, port: int) -> subprocess.Popen:
+    """`mlflow server` over root/mlflow.db in its own process group (so killpg takes uvicorn with it)."""
+    proc = subprocess.Popen(
+        server_command(f"sqlite:///{root}/mlflow.db", "127.0.0.1", port),
+        cwd=root, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    _wait_for(lambda: tracking.unreachable_reason(base, timeout=2) is None, 600, f"mlflow server at {base}")
+    return proc
+
+
+def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        return resp.read().decode()
+
+
+def _post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory, template_db):
+    """`python -m pipeline.mlflow_ui` over a store holding a TAL and an ATSS run: (printed link, base, root)."""
+    root = tmp_path_factory.mktemp("ui")
+    shutil.copy(template_db, root / "mlflow.db")
+    tal = resolve_run_config({"alpha": 1, "beta": 6}, "tood")
+    atss = resolve_run_config({"alpha": 1, "beta": 6, "variants": {"atss": {"assigner": "atss"}}}, "atss")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.setenv("DVC_ROOT", str(root))
+        for cfg, ap in ((tal, 0.4), (atss, 0.3)):
+            with tracking.start_run(cfg, seed=0):
+                tracking.log_eval_metrics({"AP": ap, "APl": -1.0})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    port, log = _free_port(), root / "ui.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.mlflow_ui", "--port", str(port)], cwd=REPO,
+            env={**env, "DVC_ROOT": str(root)}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        link = _wait_for(lambda: re.search(r"MLflow UI: (\S+)", log.read_text()), 600, "the UI link")[1]
+        yield link, f"http://127.0.0.1:{port}", root
+    finally:
+        _stop(proc)
+
+
+@pytest.mark.slow
+def test_ui_link_names_the_runs_page_and_the_view_the_server_holds(ui):
+    """What CI can check without a browser: the link, the view the server returns for it, and that the
+    frontend this MLflow ships still reads `workflowType`, the share key and the column ids we write
+    (an MLflow upgrade that renames one fails here; then re-check with the chromium test below)."""
+    link, base, root = ui
+    exp_id = client(f"sqlite:///{root}/mlflow.db").get_experiment_by_name(tracking.EXPERIMENT).experiment_id
+    assert link == tracking.runs_page_url(base, exp_id)
+    got = json.loads(_get(f"{base}/ajax-api/2.0/mlflow/experiments/get?experiment_id={exp_id}"))
+    tags = {t["key"]: t["value"] for t in got["experiment"]["tags"]}
+    view = json.loads(tags[f"mlflow.sharedViewState.{tracking.RUNS_VIEW_KEY}"])
+    runs = _post(f"{base}/ajax-api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id]})["runs"]
+    assert sorted(r["info"]["run_name"] for r in runs) == ["atss / seed0", "tood a1 b6 / seed0"]
+    logged = {
+        f"{kind}.`{item['key']}`" for r in runs for kind in ("params", "metrics") for item in r["data"][kind]
+    }
+    assert set(view["selectedColumns"]) <= logged  # every column has values
+    assert "metrics.`APl`" not in logged
+    main_js = re.search(r'src="([^"]*/static/js/main\.[0-9a-f]+\.js)"', _get(f"{base}/"))[1]
+    frontend = _get(f"{base}/{main_js}")
+    for contract in ('.get("workflowType")', '"machine_learning"', '"viewStateShareKey"',
+                     '"mlflow.sharedViewState."', '"selectedColumns"', '"columnOrder"', '".`"'):  # fmt: skip
+        assert contract in frontend, contract
+
+
+CHROMIUM = shutil.which("chromium")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs a headless browser (Debian: apt-get install -y chromium)")
+def test_ui_link_shows_the_runs_table_in_a_fresh_browser(ui, tmp_path):
+    link, _, _ = ui
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1600,900",
+             "--virtual-time-budget=25000"]  # fmt: skip
+    dom = subprocess.run(
+        [CHROMIUM, *flags, "--dump-dom", link], capture_output=True, text=True, timeout=180, check=True
+    ).stdout
+    assert "tood a1 b6 / seed0" in dom and "atss / seed0" in dom
+    for column in ("AP", *tracking.RUNS_VIEW_PARAMS):
+        assert f">{column}<" in dom, column  # a column header
+    assert "Judges" not in dom  # an item of the GenAI sidebar, which a link without workflowType shows
+
+
+@pytest.mark.slow
+def test_training_stops_within_a_minute_when_the_server_dies_then_resumes_into_the_same_run(
+    tmp_path, template_db
+):
+    """The server is SIGKILLed while the trainer is stopped (SIGSTOP) after its first epoch, so the
+    trainer's next call meets a dead server whatever the machine's speed."""
+    make_tiny_coco(tmp_path / "data")
+    params = {
+        "alpha": 1.0, "beta": 6.0, "seeds": [0],
+        "data": {"root": str(tmp_path / "data"), "img_scale": [64, 64]},
+        "model": {"depth": 18, "fpn_channels": 16, "stacked_convs": 2, "gn_groups": 4},
+        "assign": {"warmup_epochs": 1}, "optim": {"warmup_iters": 3},
+        "train": {"epochs": 4, "batch_size": 2, "log_every": 1, "num_threads": 1},
+        "variants": {"tiny": {}},
+    }  # fmt: skip
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copy(template_db, tmp_path / "mlflow.db")
+    cmd = [sys.executable, "-m", "pipeline.train_variant", "--params", str(tmp_path / "params.yaml"),
+           "--variant", "tiny", "--out", str(tmp_path / "runs" / "tiny"), "--work-dir", str(tmp_path / "work")]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_HTTP", "DVC_"))}
+
+    port = _free_port()
+    server = _start_server(tmp_path, port)
+    uri = f"http://127.0.0.1:{port}"
+    stderr = tmp_path / "train.err"
+    with stderr.open("w") as err:
+        trainer = subprocess.Popen(cmd, cwd=REPO, env={**env, "MLFLOW_TRACKING_URI": uri}, stderr=err)
+    try:
+        run_id = _wait_for(lambda: _run_with_epoch(uri, 1), 600, "the first epoch in MLflow")
+        os.kill(trainer.pid, signal.SIGSTOP)
+        _stop(server, signal.SIGKILL)
+        os.kill(trainer.pid, signal.SIGCONT)
+        t0 = time.monotonic()
+        returncode = trainer.wait(timeout=300)
+        took = time.monotonic() - t0
+    finally:
+        _stop(server, signal.SIGKILL)
+        if trainer.poll() is None:
+            trainer.kill()
+    message = stderr.read_text()
+    assert returncode != 0 and took < 60, (returncode, took, message[-2000:])
+    assert f"MLflow tracking server {uri} stopped answering" in message
+    (work_dir,) = (tmp_path / "work").iterdir()
+    epoch = torch.load(work_dir / "last.pt", weights_only=True)["epoch"]
+    assert 1 <= epoch < 4 and f"The checkpoint of epoch {epoch} is kept: {work_dir / 'last.pt'}" in message
+
+    port = _free_port()  # the server is back (same store, another port): the re-run finishes the same run
+    server = _start_server(tmp_path, port)
+    try:
+        env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{port}"
+        done = subprocess.run(
+            cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+        )
+    finally:
+        _stop(server)
+    assert done.returncode == 0, done.stderr[-2000:]
+    store = client(f"sqlite:///{tmp_path}/mlflow.db")
+    assert store.get_run(run_id).info.status == "FINISHED"
+    assert (
+        json.loads((tmp_path / "runs" / "tiny" / "seed0" / "mlflow_run.json").read_text())["run_id"] == run_id
+    )
+    for key, steps in (("train/loss", range(1, 9)), ("epoch/loss", range(1, 5))):
+        assert sorted(m.step for m in store.get_metric_history(run_id, key)) == list(steps), key
+
+
+def _run_with_epoch(uri: str, epoch: int) -> str | None:
+    """The id of the store's run once it has logged `epoch`'s mean loss, else None."""
+    try:
+        c = client(uri)
+        exp = c.get_experiment_by_name(tracking.EXPERIMENT)
+        runs = c.search_runs([exp.experiment_id]) if exp is not None else []
+    except Exception:  # noqa: BLE001 -- the trainer may not have created the experiment yet
+        return None
+    for run in runs:
+        if run.data.metrics.get("epoch/loss") is not None and any(
+            m.step >= epoch for m in c.get_metric_history(run.info.run_id, "epoch/loss")
+        ):
+            return run.info.run_id
+    return None

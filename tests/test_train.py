@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import random
+import shutil
 import warnings
 from pathlib import Path
 
@@ -22,7 +23,16 @@ from PIL import Image, ImageDraw
 import tood.train
 from tood.config import AssignConfig, DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from tood.detector import Detector
-from tood.train import TrainingDiverged, lr_at, rng_state, scaled_lr, set_rng_state, train
+from tood.train import (
+    RUN_FILES,
+    TrainingDiverged,
+    lr_at,
+    rng_state,
+    scaled_lr,
+    set_rng_state,
+    train,
+    train_published,
+)
 
 CATEGORIES = [
     {"id": 1, "name": "red"},
@@ -155,7 +165,8 @@ def test_mlflow_run_has_params_tags_metrics_and_config(finished):
     client = _client()
     run = client.get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED"
-    assert run.data.params["model.head"] == "tood" and run.data.params["seed"] == "0"
+    assert run.data.params["head"] == "tood" and run.data.params["seed"] == "0"
+    assert run.info.run_name == "tiny a1 b6 / seed0"
     assert run.data.params["optim.lr"] == "0.01" and run.data.params["train.batch_size"] == "2"
     assert run.data.tags["variant"] == "tiny" and run.data.tags["seed"] == "0"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
@@ -201,12 +212,72 @@ def test_killed_and_resumed_run_equals_uninterrupted(finished, env, monkeypatch)
     assert summary_b["mlflow_run_id"] == run_id and _client().get_run(run_id).info.status == "FINISHED"
     rows_a, rows_b = _read_csv(out_a / "losses.csv"), _read_csv(out_b / "losses.csv")
     assert rows_b == rows_a  # the killed epoch's rows were replaced, not duplicated
+    for key in ("train/loss", "train/lr", "epoch/loss", "train_time_s"):  # step 3 was logged before the kill
+        steps_a = sorted(m.step for m in _client().get_metric_history(summary_a["mlflow_run_id"], key))
+        assert sorted(m.step for m in _client().get_metric_history(run_id, key)) == steps_a, key
     ckpt_a = torch.load(out_a / "last.pt", weights_only=True)
     ckpt_b = torch.load(out_b / "last.pt", weights_only=True)
     for name, tensor in ckpt_a["model"].items():
         assert torch.equal(tensor, ckpt_b["model"][name]), name
     for key, buf in ckpt_a["optimizer"]["state"].items():
         assert torch.equal(buf["momentum_buffer"], ckpt_b["optimizer"]["state"][key]["momentum_buffer"])
+
+
+def test_dvc_flow_resumes_from_the_keyed_folder_and_finds_finished_runs_again(finished, env, monkeypatch):
+    """As under DVC: the stage's output (`out`) is deleted before every re-run of the stage; the run
+    resumes from its folder under the work root and is published into `out` once finished."""
+    cfg, _, summary_a = finished
+    work_root, out = env / "work", env / "published"
+    real_step = tood.train.train_step
+
+    def dies_in_epoch_two(state, *args, **kwargs):
+        if state.iteration == 3:
+            raise Killed
+        return real_step(state, *args, **kwargs)
+
+    monkeypatch.setattr(tood.train, "train_step", dies_in_epoch_two)
+    with pytest.raises(Killed):
+        train_published(cfg, 0, out, work_root)
+    assert not out.exists()  # an unfinished run is never published
+    (work_dir,) = work_root.iterdir()
+    assert work_dir == tood.train.work_dir_for(work_root, cfg, 0)
+
+    monkeypatch.setattr(tood.train, "train_step", real_step)
+    summary = train_published(cfg, 0, out, work_root)
+    assert summary["final_loss"] == summary_a["final_loss"]  # resumed bit-identically
+    assert summary["checkpoint"] == str(out / "last.pt")
+    assert sorted(p.name for p in out.iterdir()) == sorted(RUN_FILES)
+    assert (out / "last.pt").stat().st_ino == (work_dir / "last.pt").stat().st_ino  # linked, not copied
+    published = {name: (out / name).read_bytes() for name in RUN_FILES}
+
+    shutil.rmtree(out)  # the setting comes back after DVC deleted its output: nothing is retrained
+    mtime = (work_dir / "last.pt").stat().st_mtime_ns
+    assert train_published(cfg, 0, out, work_root) == summary
+    assert {name: (out / name).read_bytes() for name in RUN_FILES} == published
+    assert (work_dir / "last.pt").stat().st_mtime_ns == mtime
+
+
+def test_work_dir_is_keyed_by_what_defines_the_run(finished, tmp_path, monkeypatch):
+    cfg = finished[0]
+
+    def key(c: RunConfig, seed: int = 0) -> Path:
+        return tood.train.work_dir_for(tmp_path, c, seed)
+
+    assert key(cfg).parent == tmp_path and key(cfg).name.startswith("tiny-seed0-")
+    same = [
+        dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, score_thr=0.3), seeds=(0, 1)),
+        dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, log_every=7, num_threads=2)),
+    ]
+    assert all(key(c) == key(cfg) for c in same)
+    other = [
+        dataclasses.replace(cfg, assign=dataclasses.replace(cfg.assign, alpha=0.5)),
+        dataclasses.replace(cfg, variant="tiny2"),
+        dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=0.02)),
+    ]
+    assert len({key(c) for c in other} | {key(cfg), key(cfg, 1)}) == 5
+    before = key(cfg)
+    monkeypatch.setattr(tood.train, "source_fingerprint", lambda: "0" * 64)
+    assert key(cfg) != before  # other tood/ code: another folder
 
 
 def test_non_finite_loss_stops_naming_step_and_term(env, monkeypatch):
@@ -246,8 +317,8 @@ def test_changed_training_settings_start_afresh_but_eval_settings_do_not(finishe
 
 
 def test_checkpoint_from_other_source_code_is_not_resumed(finished, monkeypatch):
-    """DVC re-runs a train stage after a tood/ edit but keeps runs/ (persist): a finished checkpoint of the
-    old code must not be returned as the new result."""
+    """A run folder re-used after a tood/ edit (train into the same out_dir by hand, or a work dir copied
+    around): a finished checkpoint of the old code must not be returned as the new result."""
     cfg, out, _ = finished
     assert tood.train._usable_checkpoint(out / "last.pt", cfg, 0) is not None
     monkeypatch.setattr(tood.train, "source_fingerprint", lambda: "0" * 64)

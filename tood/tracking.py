@@ -7,8 +7,18 @@ Where runs go (reference/dvc-mlflow.md §2-3, gotchas 10-18):
     is relative to the working directory, so queued runs would vanish with their temp dirs.
     For a sqlite store the experiment's artifacts live beside the DB file (<root>/mlartifacts for the
     default); an http(s) server decides its own artifact location.
-The experiment is tagged mlflow.experimentKind=custom_model_development, so the MLflow 3.17 UI opens
-on the runs table instead of its GenAI views. Telemetry is off unless the user opted in explicitly.
+
+Opening the UI on the runs: MLflow 3.17 and 3.18 (same frontend code) open in the GenAI view in a fresh
+browser whatever the experiment's mlflow.experimentKind tag says, because the sidebar's workflow toggle
+lives in the browser's localStorage (mlflow#24498). The UI does honour `?workflowType=machine_learning`
+in the URL, so `runs_page_url` builds that link, adding `viewStateShareKey=<RUNS_VIEW_KEY>`: a view kept
+as the experiment tag `mlflow.sharedViewState.<key>` (the UI's own "share view" format) whose table
+columns are AP, head, assigner, anchor, alpha and beta. The UI has no other per-experiment default
+columns; without the key it shows Source/Models/Dataset.
+
+A tracking server that stops answering fails training within ~60 s with a TrackingError rather than
+after MLflow's default ~8 min of retries (HTTP_RETRY_ENV); the checkpoint is kept and a re-run resumes
+the same MLflow run. Telemetry is off unless the user opted in explicitly.
 
 `import mlflow` costs ~1.5 s, so it is imported inside the functions that need it: importing this
 module (and tood.train) stays cheap for code paths that do not track.
@@ -16,6 +26,7 @@ module (and tood.train) stays cheap for code paths that do not track.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -25,7 +36,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,15 +49,47 @@ EXPERIMENT = "tood-ablations"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HEALTH_TIMEOUT_S = 5.0  # MLflow's own client retries an unreachable server for minutes
 _QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1", "GIT_PYTHON_REFRESH": "quiet"}
-_EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
-# short top-level params, so the UI and search filters can say params.alpha instead of params.`assign.alpha`
-_PARAM_ALIASES = {
-    "alpha": "assign.alpha",
-    "beta": "assign.beta",
-    "head": "model.head",
-    "assigner": "assign.assigner",
-    "anchor": "model.anchor",
+# MLflow's defaults (7 retries, backoff factor 2, 120 s timeout) hang a training process for 8 min 22 s
+# when the server dies. These give at most 3 tries of 5 s plus ~3 s of backoff: measured 18 s for a server
+# that hangs (SIGSTOP) and ~3 s for one that refuses, then 5 s to probe /health and 5 s to try to mark
+# the run FAILED (abort_run): ~28 s of waiting at worst, leaving the rest of the promised minute to the
+# process's own teardown (51 s from the server hanging to exit, measured on 2 busy cores). Our calls
+# are small (metrics, a config file), so 5 s per try is generous for a live server.
+# Set in the environment because MLflow reads them per request; a value the user exported wins.
+HTTP_RETRY_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
 }
+# The runs table of `runs_page_url`: AP, then the five switches, narrow enough that all of them fit beside
+# the run name (which carries variant, α, β and seed) on a 1600 px screen with MLflow's Assistant panel
+# open. Column ids are the UI's own ("params.`alpha`"); columnOrder is needed, or params sort by name.
+RUNS_VIEW_KEY = "tood-runs"
+RUNS_VIEW_METRICS = ("AP",)
+RUNS_VIEW_PARAMS = ("head", "assigner", "anchor", "alpha", "beta")
+_RUNS_VIEW_COLUMNS = [f"metrics.`{k}`" for k in RUNS_VIEW_METRICS] + [
+    f"params.`{k}`" for k in RUNS_VIEW_PARAMS
+]
+_RUNS_VIEW = {
+    "selectedColumns": _RUNS_VIEW_COLUMNS,
+    "columnOrder": _RUNS_VIEW_COLUMNS,
+    "columnWidths": dict.fromkeys(_RUNS_VIEW_COLUMNS, 72),
+}
+_EXPERIMENT_TAGS = {
+    "mlflow.experimentKind": "custom_model_development",
+    f"mlflow.sharedViewState.{RUNS_VIEW_KEY}": json.dumps(_RUNS_VIEW),
+}
+# The five ablation switches are logged once each, under short names (params.alpha in search filters and
+# table columns) instead of their config paths; every other setting keeps its dotted path.
+_SWITCHES = {
+    "assign.alpha": "alpha",
+    "assign.beta": "beta",
+    "model.head": "head",
+    "assign.assigner": "assigner",
+    "model.anchor": "anchor",
+}
+# read only by TAL (assignment, its warm-up switch, its loss): an ATSS-trained run never uses them
+_TAL_ONLY = ("assign.alpha", "assign.beta", "assign.topk", "assign.warmup_epochs", "loss.qfl_beta")
 
 
 class TrackingError(RuntimeError):
@@ -67,8 +110,10 @@ def configure_tracking() -> str:
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)  # before `import mlflow`: GitPython reads its variable at import
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{tracking_root() / 'mlflow.db'}"
-    if uri.startswith(("http://", "https://")):
+    if _is_http(uri):
         check_server(uri)
+        for key, value in HTTP_RETRY_ENV.items():
+            os.environ.setdefault(key, value)
     import mlflow
 
     mlflow.set_tracking_uri(uri)
@@ -77,21 +122,32 @@ def configure_tracking() -> str:
 
 
 def check_server(uri: str, timeout: float = HEALTH_TIMEOUT_S) -> None:
-    """GET <uri>/health once; any HTTP answer counts as reachable (MLflow then reports auth/API errors)."""
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
-            pass
-    except urllib.error.HTTPError:
-        return
-    except (urllib.error.URLError, OSError, ValueError) as e:  # refused, DNS, timeout, malformed URL
-        reason = getattr(e, "reason", e)
+    """Raise a TrackingError that says how to start the server if `uri` does not answer."""
+    reason = unreachable_reason(uri, timeout)
+    if reason is not None:
         raise TrackingError(
             f"MLflow tracking server {uri} is unreachable ({reason}). Either start it, e.g.\n"
             f"  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri "
             f"sqlite:///mlflow.db --host 127.0.0.1 --port {_port(uri)} "
             f"--workers 1\nor unset MLFLOW_TRACKING_URI to log to the local store "
             f"sqlite:///{tracking_root() / 'mlflow.db'}."
-        ) from None
+        )
+
+
+def unreachable_reason(uri: str, timeout: float = HEALTH_TIMEOUT_S) -> str | None:
+    """GET <uri>/health once: None if it answers (any HTTP status: MLflow then reports auth/API errors),
+    else why not (refused, DNS, timeout, malformed URL)."""
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        return str(getattr(e, "reason", e))
+
+
+def _is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
 
 
 def _port(uri: str) -> int:
@@ -130,6 +186,20 @@ def _ensure_experiment(artifact_location: str | None) -> None:
     mlflow.set_experiment(experiment_id=exp.experiment_id)
 
 
+def experiment_id() -> str:
+    """The id of EXPERIMENT in the configured store (created, with its tags, if needed)."""
+    configure_tracking()
+    import mlflow
+
+    return mlflow.get_experiment_by_name(EXPERIMENT).experiment_id
+
+
+def runs_page_url(base_url: str, experiment_id: str) -> str:
+    """The UI page that lists the experiment's runs, in the model-training view, with RUNS_VIEW's columns."""
+    query = urllib.parse.urlencode({"workflowType": "machine_learning", "viewStateShareKey": RUNS_VIEW_KEY})
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
+
+
 # ---------------------------------------------------------------------------------------------------
 # runs
 
@@ -139,11 +209,11 @@ def start_run(
 ) -> mlflow.ActiveRun:
     """Start the MLflow run of one (variant, seed) training run, or resume `run_id`.
 
-    A new run is named "<variant>/seed<k>" and gets every resolved hyperparameter (`run_params`) and
-    the provenance tags of `run_tags`. Resuming (a killed training continuing, or evaluation adding to
-    the training run) logs nothing new; if `run_id` is not in this store (e.g. the DB was deleted but
-    the checkpoint kept), a warning is issued and a new run is started, tagged resumed_from=<run_id>.
-    Use the result as a context manager, or end it with `end_run`.
+    A new run is named by `run_name` and gets the hyperparameters of `run_params` and the provenance
+    tags of `run_tags`. Resuming (a killed training continuing, or evaluation adding to the training
+    run) logs nothing new; if `run_id` is not in this store (e.g. the DB was deleted but the checkpoint
+    kept), a warning is issued and a new run is started, tagged resumed_from=<run_id>.
+    Use the result as a context manager, or end it with `end_run` / `abort_run`.
     """
     uri = configure_tracking()
     import mlflow
@@ -152,7 +222,8 @@ def start_run(
     extra_tags = {}
     if run_id is not None:
         try:
-            return mlflow.start_run(run_id=run_id)
+            with _server_calls():
+                return mlflow.start_run(run_id=run_id)
         except MlflowException as e:
             if e.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
@@ -160,11 +231,13 @@ def start_run(
             extra_tags["resumed_from"] = run_id
     # provenance only for new runs: hashing COCO's annotation json takes ~1 s
     tags = {**run_tags(cfg, seed, data_root), **extra_tags}
-    active = mlflow.start_run(run_name=f"{cfg.variant}/seed{seed}", tags=tags)
+    with _server_calls():
+        active = mlflow.start_run(run_name=run_name(cfg, seed), tags=tags)
     try:
-        mlflow.log_params(run_params(cfg, seed))
+        with _server_calls():
+            mlflow.log_params(run_params(cfg, seed))
     except BaseException:
-        mlflow.end_run(status="FAILED")
+        abort_run()
         raise
     return active
 
@@ -172,19 +245,45 @@ def start_run(
 def end_run(status: str = "FINISHED") -> None:
     import mlflow
 
-    mlflow.end_run(status=status)
+    with _server_calls():
+        mlflow.end_run(status=status)
+
+
+def abort_run() -> None:
+    """End the active run as FAILED after an error, trying the store once only.
+
+    When the error is a tracking server that went away, MLflow's retries would add another minute;
+    the run then stays RUNNING on the server until a re-run resumes and finishes it.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    with _environ({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}):
+        try:
+            mlflow.end_run(status="FAILED")  # forgets the run locally before it calls the store
+        except MlflowException as e:
+            warnings.warn(f"could not mark the MLflow run FAILED: {_first_line(e)}", stacklevel=2)
+
+
+def run_name(cfg: RunConfig, seed: int) -> str:
+    """What the run is, e.g. "tood a1 b6 / seed0" or "parallel_atss / seed0" (α, β only where TAL uses them)."""
+    alpha_beta = f" a{cfg.assign.alpha:g} b{cfg.assign.beta:g}" if cfg.assign.assigner == "tal" else ""
+    return f"{cfg.variant}{alpha_beta} / seed{int(seed)}"
 
 
 def run_params(cfg: RunConfig, seed: int) -> dict[str, str]:
-    """cfg.flat() + seed + short aliases, as strings rendered one way for every run.
+    """cfg.flat() + seed as strings rendered one way for every run; each setting under one name.
 
-    Floats are repr(float) ("1.0" whether params.yaml said 1 or 1.0: `dvc exp run -S alpha=1` writes an
-    int, gotcha 18), ints str(), bools/None/lists JSON ("true", "[1333, 800]").
+    The switches are `alpha`, `beta`, `head`, `assigner`, `anchor` (not `assign.alpha`, ...); an ATSS
+    run leaves out the TAL-only settings it never reads, so it shows no α, β. Floats are repr(float)
+    ("1.0" whether params.yaml said 1 or 1.0: `dvc exp run -S alpha=1` writes an int, gotcha 18), ints
+    str(), bools/None/lists JSON ("true", "[1333, 800]").
     """
-    params = {key: _param_str(value) for key, value in cfg.flat().items()}
+    unused = _TAL_ONLY if cfg.assign.assigner != "tal" else ()
+    params = {
+        _SWITCHES.get(key, key): _param_str(value) for key, value in cfg.flat().items() if key not in unused
+    }
     params["seed"] = str(int(seed))
-    for alias, key in _PARAM_ALIASES.items():
-        params[alias] = params[key]
     return params
 
 
@@ -295,7 +394,33 @@ def log_metrics(metrics: Mapping[str, Any], step: int | None = None) -> None:
     _require_active_run()
     flat = _flat_metrics(metrics)
     if flat:
-        mlflow.log_metrics(flat, step=step)
+        with _server_calls():
+            mlflow.log_metrics(flat, step=step)
+
+
+def log_eval_metrics(metrics: Mapping[str, Any]) -> None:
+    """`log_metrics` for evaluation results, leaving out pycocotools' -1 ("undefined": no ground truth
+    of that size, e.g. APl on a set without large objects, or of that class in per_class/*).
+
+    Only COCO AP values are screened: -1 is a real value of the alignment PCC.
+    """
+    from tood.evaluate import COCO_KEYS
+
+    kept = {k: v for k, v in metrics.items() if not (k in COCO_KEYS and v == -1)}
+    if isinstance(kept.get("per_class"), Mapping):
+        kept["per_class"] = {k: v for k, v in kept["per_class"].items() if v != -1}
+    log_metrics(kept)
+
+
+def last_logged_steps() -> dict[str, int]:
+    """{metric key: highest step logged so far} of the active run, to resume without duplicate steps."""
+    import mlflow
+
+    run_id = _require_active_run()
+    client = mlflow.MlflowClient()
+    with _server_calls():
+        keys = client.get_run(run_id).data.metrics
+        return {key: max(m.step for m in client.get_metric_history(run_id, key)) for key in keys}
 
 
 def _flat_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -318,10 +443,11 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
 
     _require_active_run()
     path = Path(path)
-    if path.is_dir():
-        mlflow.log_artifacts(str(path), artifact_path)
-    else:
-        mlflow.log_artifact(str(path), artifact_path)
+    with _server_calls():
+        if path.is_dir():
+            mlflow.log_artifacts(str(path), artifact_path)
+        else:
+            mlflow.log_artifact(str(path), artifact_path)
 
 
 def log_dict(data: Mapping[str, Any], artifact_file: str) -> None:
@@ -329,11 +455,54 @@ def log_dict(data: Mapping[str, Any], artifact_file: str) -> None:
     import mlflow
 
     _require_active_run()
-    mlflow.log_dict(dict(data), artifact_file)
+    with _server_calls():
+        mlflow.log_dict(dict(data), artifact_file)
 
 
-def _require_active_run() -> None:
+def _require_active_run() -> str:
     import mlflow
 
-    if mlflow.active_run() is None:  # MLflow would silently start a stray run in the active experiment
+    run = mlflow.active_run()
+    if run is None:  # MLflow would silently start a stray run in the active experiment
         raise TrackingError("no active MLflow run: call tood.tracking.start_run(cfg, seed) first")
+    return run.info.run_id
+
+
+@contextlib.contextmanager
+def _server_calls() -> Iterator[None]:
+    """Report MLflow's error for a tracking server that stopped answering as a TrackingError that says
+    what to do; other MLflow errors (a bad request, a missing run) pass through unchanged."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as e:
+        uri = mlflow.get_tracking_uri()
+        reason = unreachable_reason(uri) if _is_http(uri) else None
+        if reason is None:
+            raise
+        raise TrackingError(
+            f"MLflow tracking server {uri} stopped answering ({reason}), so this run stops rather than "
+            "retry for minutes. Start the server again (same --backend-store-uri) and re-run the same "
+            "command: training resumes from its last checkpoint and logs into the same MLflow run."
+        ) from e
+
+
+@contextlib.contextmanager
+def _environ(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of a block (MLflow reads its HTTP settings per call)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]

@@ -8,9 +8,16 @@ the global batch, linear warm-up from 0.001x over the first iterations, x0.1 aft
 Resuming: `out_dir/last.pt` is written (atomically) at the end of every epoch, and once before the first
 one, with the model, optimizer, completed epoch, iteration and every RNG state. A re-run of `train` with
 the same `out_dir` continues from it, so a run killed mid-way ends bit-identical on CPU to one never
-interrupted (the loader order is a pure function of (seed, epoch)). A finished run is a no-op. A checkpoint
-written with other training settings, or by other tood/ source code, is not resumed but started afresh:
-DVC keeps runs/ between runs (persist) and re-runs a train stage after any tood/ edit, which must retrain.
+interrupted (the loader order is a pure function of (seed, epoch)), and its MLflow run gets no step
+twice. A finished run is a no-op. A checkpoint written with other training settings, or by other tood/
+source code, is not resumed but started afresh.
+
+Under DVC (`train_published`): a train stage's runs/<variant> is an ordinary cached output, so DVC's
+run-cache restores a setting it has trained before without running anything; DVC deletes such an output
+before re-running its stage, so training happens in a folder outside DVC's outputs, keyed by everything
+that defines the run (`work_dir_for`), and the finished run is then copied into runs/<variant>/seed<k>.
+The keyed folder is what a killed stage resumes from, and it finds a finished run again where the
+run-cache cannot (`-S alpha=1` after `alpha: 1.0`: DVC compares the values as written).
 
 Only rank 0 logs, writes files and talks to MLflow; under torchrun every rank trains a
 DistributedDataParallel replica on a `global_batch // world_size` slice of each global batch.
@@ -18,15 +25,20 @@ DistributedDataParallel replica on a `global_batch // world_size` slice of each 
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import functools
 import hashlib
 import json
 import math
 import os
 import random
+import shutil
+import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +56,7 @@ from tood.data import CocoDetection, build_loader
 from tood.detector import Detector
 
 CHECKPOINT = "last.pt"
+RUN_FILES = (CHECKPOINT, "config.json", "mlflow_run.json", "losses.csv")  # what `publish_run` copies
 # keys that do not change what is trained: a resumed or finished run ignores differences in these
 _NON_TRAINING_KEYS = (
     "variant",
@@ -375,11 +388,23 @@ def train_one_epoch(
 
 
 class RunLogger:
-    """Rank 0's per-step outputs: a row in losses.csv and MLflow metrics (step = global iteration)."""
+    """Rank 0's outputs: a row in losses.csv and MLflow metrics per logged step (step = global
+    iteration), epoch means (step = epochs done) and the run's totals.
 
-    def __init__(self, csv_path: Path, resume_epoch: int):
+    `logged_steps` ({key: last step}, from the MLflow run being resumed) holds back what the killed
+    process already logged: the resumed run replays the same steps with the same values, and MLflow
+    would otherwise keep both copies.
+    """
+
+    def __init__(self, csv_path: Path, resume_epoch: int, logged_steps: dict[str, int]):
         self.csv_path = csv_path
         self.columns: list[str] | None = _truncate_csv(csv_path, resume_epoch)
+        self.logged_steps = logged_steps
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """MLflow metrics at `step`, except keys already logged at this step or a later one."""
+        fresh = {k: v for k, v in metrics.items() if step > self.logged_steps.get(k, -1)}
+        tracking.log_metrics(fresh, step=step)
 
     def step(self, iteration: int, epoch: int, lr: float, means: dict[str, float], speed: float) -> None:
         if self.columns is None:  # fixed by the first row: loss_ctr only for a head that has centerness
@@ -392,7 +417,7 @@ class RunLogger:
         ) as f:  # "nan": a term this phase does not compute (loss_ctr in TAL)
             csv.writer(f).writerow([row.get(c, "nan") for c in self.columns])
         metrics = {f"train/{k}": v for k, v in means.items()}
-        tracking.log_metrics({**metrics, "train/lr": lr, "train/images_per_s": speed}, step=iteration)
+        self.log({**metrics, "train/lr": lr, "train/images_per_s": speed}, step=iteration)
 
 
 def _truncate_csv(path: Path, resume_epoch: int) -> list[str] | None:
@@ -437,10 +462,17 @@ def train(cfg: RunConfig, seed: int, out_dir: Path, data_root: Path | None = Non
     if rank != 0:
         return _run_epochs(state, dataset, cfg, seed, device, rank, world, None, ckpt)
     run_id = ckpt["mlflow_run_id"] if ckpt is not None else None
-    # an exception (divergence, kill) leaving this block marks the MLflow run FAILED
-    with tracking.start_run(cfg, seed, run_id=run_id, data_root=data_root) as run:
+    run = tracking.start_run(cfg, seed, run_id=run_id, data_root=data_root)
+    try:
         _write_run_files(cfg, out_dir, run)
-        return _run_epochs(state, dataset, cfg, seed, device, rank, world, run, ckpt, out_dir=out_dir)
+        summary = _run_epochs(state, dataset, cfg, seed, device, rank, world, run, ckpt, out_dir=out_dir)
+    except BaseException as e:  # divergence, Ctrl-C, a tracking server gone: the MLflow run is FAILED
+        tracking.abort_run()
+        if isinstance(e, tracking.TrackingError):
+            e.add_note(f"The checkpoint of epoch {state.epoch} is kept: {out_dir / CHECKPOINT}")
+        raise
+    tracking.end_run()
+    return summary
 
 
 def build_state(cfg: RunConfig, num_classes: int, device: torch.device, world: int, ckpt: dict | None):
@@ -485,7 +517,11 @@ def _sync_batchnorm(detector: Detector, norm: str, device: torch.device) -> nn.M
 
 
 def _run_epochs(state, dataset, cfg, seed, device, rank, world, run, ckpt, out_dir=None) -> dict:
-    logger = RunLogger(out_dir / "losses.csv", state.epoch) if rank == 0 else None
+    if rank == 0:
+        logged = tracking.last_logged_steps() if ckpt is not None else {}
+        logger = RunLogger(out_dir / "losses.csv", state.epoch, logged)
+    else:
+        logger = None
     if rank == 0 and ckpt is None:
         _save(state, cfg, seed, dataset, run, out_dir, summary=None)  # epoch 0: fixes the run id early
     epoch_losses: dict[str, float] = {}
@@ -499,12 +535,11 @@ def _run_epochs(state, dataset, cfg, seed, device, rank, world, run, ckpt, out_d
         state.epoch += 1
         if rank != 0:
             continue
-        tracking.log_metrics({f"epoch/{k}": v for k, v in epoch_losses.items()}, step=state.epoch)
+        logger.log({f"epoch/{k}": v for k, v in epoch_losses.items()}, step=state.epoch)
         summary = _summary(state, epoch_losses, run, out_dir) if state.epoch == cfg.train.epochs else None
         if summary is not None:
-            tracking.log_metrics(
-                {"train_time_s": summary["train_time_s"], "images_per_s": summary["images_per_s"]}
-            )
+            totals = {"train_time_s": summary["train_time_s"], "images_per_s": summary["images_per_s"]}
+            logger.log(totals, step=0)
         _save(state, cfg, seed, dataset, run, out_dir, summary=summary)
     if world > 1:
         dist.barrier()
@@ -574,3 +609,79 @@ def _write_run_files(cfg: RunConfig, out_dir: Path, run) -> None:
     info = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}
     (out_dir / "mlflow_run.json").write_text(json.dumps(info, indent=2) + "\n")
     tracking.log_artifact(out_dir / "config.json")
+
+
+# ---------------------------------------------------------------------------------------------------
+# runs under DVC: train in a folder keyed by the run's settings, publish into the stage's output
+
+
+def train_published(
+    cfg: RunConfig, seed: int, out_dir: Path, work_root: Path, data_root: Path | None = None
+) -> dict:
+    """`train` in the run's keyed folder under `work_root`, then publish the finished run into `out_dir`.
+
+    A relative `work_root` is relative to $DVC_ROOT, as data.root is, so queued experiments (temporary
+    copies of the repo) share one. Two processes that train the same run wait for each other; the second
+    then finds it finished. Returns train's summary with `checkpoint` in `out_dir`.
+    """
+    work_dir = work_dir_for(resolve_data_root(work_root), cfg, seed)
+    rank, world = dist_info()
+    # DDP ranks share one folder, and rank 0 alone writes it: no lock (it would stop ranks 1.. forever)
+    with _exclusive(work_dir) if world == 1 else contextlib.nullcontext():
+        summary = train(cfg, seed, work_dir, data_root=data_root)
+        if rank == 0:
+            publish_run(work_dir, Path(out_dir))
+    return {**summary, "checkpoint": str(Path(out_dir) / CHECKPOINT)}
+
+
+def work_dir_for(root: Path, cfg: RunConfig, seed: int) -> Path:
+    """<root>/<variant>-seed<k>-<key>: key = sha256 of what defines the run (training_fingerprint, seed,
+    tood/ source), so a folder never holds a different run. The variant is in the key because the MLflow
+    run, named after it, is part of the result."""
+    key = {
+        "variant": cfg.variant,
+        "seed": int(seed),
+        "config": training_fingerprint(cfg.to_dict()),
+        "source": source_fingerprint(),
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(root) / f"{cfg.variant}-seed{seed}-{digest}"
+
+
+def publish_run(work_dir: Path, out_dir: Path) -> None:
+    """Replace `out_dir` by the RUN_FILES of a finished run in `work_dir`.
+
+    The checkpoint is hard-linked (copied across file systems): never written in place (save_checkpoint
+    renames a new file over it), so neither DVC's copy nor ours can change the other. The small files
+    are copied, as losses.csv is appended to in place.
+    """
+    staging = out_dir.with_name(out_dir.name + ".publishing")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in RUN_FILES:
+        if name == CHECKPOINT:
+            _link_or_copy(work_dir / name, staging / name)
+        else:
+            shutil.copy2(work_dir / name, staging / name)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(staging, out_dir)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or one without hard links
+        shutil.copy2(src, dst)
+
+
+@contextlib.contextmanager
+def _exclusive(work_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `work_dir` (released when the process dies, however it dies)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with (work_dir / ".lock").open("w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process that trains the same run in {work_dir}", file=sys.stderr)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
