@@ -48,13 +48,14 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from bench.common import AMP_DTYPES, PhaseClock, choose_device, print_table, setting_line, write_json
+from bench.common import PhaseClock, choose_device, cpu_summary, print_table, setting_line, write_json
 from tood.assigners import choose_assigner
 from tood.config import HEADLINE, ModelConfig, RunConfig, load_params, resolve_data_root, resolve_run_config
 from tood.data import Batch
 from tood.detector import Detector
 from tood.heads import HeadOutput
 from tood.train import (
+    AMP_DTYPES,
     TrainState,
     build_dataset,
     build_state,
@@ -145,7 +146,7 @@ def timed_step(
         images = images.contiguous(memory_format=torch.channels_last)
     gts = tuple(t.to(device) for t in (batch.gt_boxes, batch.gt_labels, batch.gt_mask))
     clock.lap("data")
-    detector, amp_dtype = state.detector, AMP_DTYPES[cfg.train.amp]
+    detector, amp_dtype = state.detector, AMP_DTYPES[state.amp]
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         feats = detector.backbone(images)
         clock.lap("backbone+fpn")
@@ -219,7 +220,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=None, help="default: 16 (default), 2 (r50)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--amp", choices=list(AMP_DTYPES), default="fp32")
+    parser.add_argument("--amp", choices=["auto", *AMP_DTYPES], default="fp32")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--norm", choices=["bn", "frozen_bn"], default=None, help="default: the yaml's")
     parser.add_argument("--freeze", choices=["recipe", "none"], default="recipe", help="r50 only")
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"setting={args.setting} ({data}) depth={cfg.model.depth} pretrained={cfg.model.pretrained} "
         f"head={cfg.model.head} C={num_classes} batch={cfg.train.batch_size} epoch={epoch} "
-        f"assigner={args.phase} amp={cfg.train.amp} channels_last={cfg.train.channels_last} "
+        f"assigner={args.phase} amp={cfg.train.amp}->{state.amp} channels_last={cfg.train.channels_last} "
         f"freeze={args.freeze if args.setting == 'r50' else 'n/a'}"
     )
     print(describe_backbone(state.detector))
@@ -275,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     print("last step's losses: " + ", ".join(f"{k}={v:.4f}" for k, v in losses.items()))
     notes = {"setting": args.setting, "data": data, "phase": args.phase, "epoch": epoch}
     notes |= {"batch": cfg.train.batch_size, "device": str(device), "threads": torch.get_num_threads()}
-    notes |= {"amp": cfg.train.amp, "channels_last": cfg.train.channels_last, "config": cfg.to_dict()}
+    notes |= {"amp": state.amp, "cpu": cpu_summary(), "channels_last": cfg.train.channels_last, "config": cfg.to_dict()}
     report(args, cfg, per_step, notes)
 
 

@@ -298,6 +298,14 @@ def log_metrics(metrics: Mapping[str, Any], step: int | None = None) -> None:
         mlflow.log_metrics(flat, step=step)
 
 
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log extra params into the active run, rendered as run_params renders them (e.g. the resolved amp)."""
+    import mlflow
+
+    _require_active_run()
+    mlflow.log_params({key: _param_str(value) for key, value in params.items()})
+
+
 def _flat_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     flat: dict[str, float] = {}
     for key, value in metrics.items():
