@@ -78,8 +78,9 @@ class Side:
 
     def __init__(self, name: str, tree: Path, label: str, sets: list[str], args, batch: Path):
         self.name, self.label = name, label
+        self.threads = getattr(args, f"{name}_threads") or args.threads
         cmd = [sys.executable, str(WORKER), "--params", str(tree / "params.yaml"), "--batch", str(batch)]
-        cmd += ["--threads", str(args.threads), "--phase", args.phase, "--device", args.device]
+        cmd += ["--threads", str(self.threads), "--phase", args.phase, "--device", args.device]
         cmd += [a for s in sets for a in ("--set", s)]
         env = {**os.environ, "PYTHONPATH": str(tree)}
         self.proc = subprocess.Popen(
@@ -160,7 +161,7 @@ def report(args, base: Side, new: Side, ratios: dict[str, list[float]]) -> dict:
     """Print and return medians per side and the speed-up's median and quartiles, wall and CPU time."""
     for side in (base, new):
         print(f"{side.name:4s} {side.label}: median {statistics.median(side.ms):.1f} ms/step wall, "
-              f"{statistics.median(side.cpu_ms):.1f} ms CPU; amp={side.info['amp']}, "
+              f"{statistics.median(side.cpu_ms):.1f} ms CPU; amp={side.info['amp']}, threads={side.threads}, "
               f"trainable={side.info['trainable_params'] / 1e6:.2f} M")  # fmt: skip
     print(loss_agreement(base.info["losses"], new.info["losses"]))
     q = {kind: quartiles(values) for kind, values in ratios.items()}
@@ -168,7 +169,7 @@ def report(args, base: Side, new: Side, ratios: dict[str, list[float]]) -> dict:
         print(f"speed-up base/new ({kind} time): median {q[kind][1]:.3f}x  (quartiles {q[kind][0]:.3f}-"
               f"{q[kind][2]:.3f}, {len(ratios[kind])} ABBA rounds of {args.steps} steps)")  # fmt: skip
     return {
-        "cpu": cpu_summary(), "threads": args.threads, "base": base.label, "new": new.label,
+        "cpu": cpu_summary(), "threads": [base.threads, new.threads], "base": base.label, "new": new.label,
         "base_ms_median": statistics.median(base.ms), "new_ms_median": statistics.median(new.ms),
         "base_cpu_ms_median": statistics.median(base.cpu_ms), "new_cpu_ms_median": statistics.median(new.cpu_ms),
         "ratio_median": q["wall"][1], "ratio_quartiles": [q["wall"][0], q["wall"][2]],
@@ -191,6 +192,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3, help="steps per side per round")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads per side")
+    parser.add_argument("--base-threads", type=int, default=0, help="base side's threads (default --threads)")
+    parser.add_argument("--new-threads", type=int, default=0, help="new side's threads (default --threads)")
     parser.add_argument("--phase", choices=["tal", "atss"], default="tal")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml", help="for the fixed batch")
@@ -206,7 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cpu = cpu_summary()
     print(f"cpu: {cpu['model']}; flags: {' '.join(cpu['flags']) or '-'}; torch capability: {cpu['capability']}; "
-          f"torch {torch.__version__}; {args.threads} threads per side")  # fmt: skip
+          f"torch {torch.__version__}; threads per side: base {args.base_threads or args.threads}, "
+          f"new {args.new_threads or args.threads}")  # fmt: skip
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ab-batch-")))
         save_fixed_batch(tmp / "batch.pt", args.params, args.phase)

@@ -20,6 +20,7 @@ import warnings
 import pytest
 import torch
 
+import tood.train
 from tood.config import AssignConfig, ModelConfig, RunConfig, TrainConfig
 from tood.data import Batch
 from tood.train import build_state, train_step
@@ -112,3 +113,72 @@ def test_two_steps_give_the_previous_codes_losses(name):
         assert losses.keys() == expected.keys()
         for term, value in expected.items():
             assert losses[term] == pytest.approx(value, rel=2e-5, abs=1e-6), (step, term)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the pieces, one by one
+
+
+def test_frozen_bn_equals_torchvision_and_stays_bf16_under_autocast():
+    from torchvision.ops.misc import FrozenBatchNorm2d as Reference
+
+    from tood.backbone import FrozenBatchNorm2d
+
+    g = torch.Generator().manual_seed(0)
+    ours, ref = FrozenBatchNorm2d(8), Reference(8)
+    for name in ("weight", "bias", "running_mean"):
+        buf = torch.randn(8, generator=g)
+        getattr(ours, name).copy_(buf), getattr(ref, name).copy_(buf)
+    var = torch.rand(8, generator=g) + 0.1
+    ours.running_var.copy_(var), ref.running_var.copy_(var)
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    x = torch.randn(2, 8, 5, 5, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y, y_ref = ours(x), ref(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-6, atol=1e-6)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    grad, grad_ref = torch.autograd.grad(y.square().sum(), x), torch.autograd.grad(y_ref.square().sum(), x)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ours(x.bfloat16()).dtype == torch.bfloat16
+
+
+def test_fused_sgd_updates_equal_the_for_loop():
+    g = torch.Generator().manual_seed(0)
+    shapes = [(16, 8, 3, 3), (16,), (3, 16, 1, 1)]
+    results = []
+    for fused in (False, True):
+        params = [
+            torch.nn.Parameter(torch.randn(s, generator=torch.Generator().manual_seed(1))) for s in shapes
+        ]
+        opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4, fused=fused)
+        grads = [torch.randn(s, generator=g.manual_seed(2)) for s in shapes]
+        for step in range(3):
+            for p, grad in zip(params, grads):
+                p.grad = grad * (step + 1)
+            opt.step()
+        results.append([p.detach() for p in params])
+    for loop, fused in zip(*results):
+        torch.testing.assert_close(fused, loop, rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------------
+# train.amp: auto
+
+
+def test_auto_precision_is_bf16_only_with_native_bf16_on_cpu(monkeypatch):
+    cpu = torch.device("cpu")
+    for explicit in ("fp32", "bf16", "fp16"):
+        assert tood.train.resolve_amp(explicit, cpu) == explicit
+    monkeypatch.setattr(tood.train, "cpu_has_native_bf16", lambda: False)  # e.g. a Xeon with AVX-512 only
+    assert tood.train.resolve_amp("auto", cpu) == "fp32"
+    monkeypatch.setattr(tood.train, "cpu_has_native_bf16", lambda: True)  # avx512_bf16 / AMX
+    assert tood.train.resolve_amp("auto", cpu) == "bf16"
+
+
+def test_a_resumed_run_keeps_its_checkpoints_precision(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(tood.train, "cpu_has_native_bf16", lambda: False)
+    assert tood.train.run_precision("auto", cpu, None) == "fp32"
+    assert tood.train.run_precision("auto", cpu, {"amp": "fp32"}) == "fp32"
+    with pytest.warns(UserWarning, match="continuing in bf16"):
+        assert tood.train.run_precision("auto", cpu, {"amp": "bf16"}) == "bf16"
