@@ -27,6 +27,8 @@ Settings (--setting):
            N(0,1) pixels at the 1333x800 resize of a landscape image (800 x 1333), zero-padded to
            800 x 1344, and 7 random GT boxes (COCO's mean per image) over 80 classes; `data` is the time
            to build that batch and move it, not JPEG decoding.
+Any config with `model.pretrained: true` (r50's profile; the default setting with --pretrained) is built
+from scratch and frozen as above (--freeze recipe), so it does the pretrained recipe's work without weights.
 --phase tal (default) runs an epoch past the ATSS warm-up (epoch = assign.warmup_epochs), --phase atss
 the warm-up itself (epoch 0). The first --warmup steps are not timed.
 
@@ -76,8 +78,10 @@ def load_config(args: argparse.Namespace) -> RunConfig:
     path = args.params if args.setting == "default" else args.profile
     params = load_params(path)
     model = dict(params.get("model") or {})
-    if args.setting == "r50":
-        model["pretrained"] = False  # no ImageNet weights here (see the module docstring)
+    if args.pretrained:
+        model["pretrained"] = True
+    args.recipe = bool(model.get("pretrained"))  # frozen like the recipe after building (main)
+    model["pretrained"] = False  # no ImageNet weights here (see the module docstring)
     if args.norm is not None:
         if "norm" not in {f.name for f in dataclasses.fields(ModelConfig)}:
             raise SystemExit("--norm: this tood.config.ModelConfig has no `norm` field")
@@ -223,7 +227,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--amp", choices=["auto", *AMP_DTYPES], default="fp32")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--norm", choices=["bn", "frozen_bn"], default=None, help="default: the yaml's")
-    parser.add_argument("--freeze", choices=["recipe", "none"], default="recipe", help="r50 only")
+    parser.add_argument("--freeze", choices=["recipe", "none"], default="recipe", help="pretrained configs")
+    parser.add_argument("--pretrained", action="store_true", help="the pretrained recipe's frozen stages")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="default setting")
     parser.add_argument("--profile", type=Path, default=Path("profiles/coco.yaml"), help="r50 setting")
     parser.add_argument("--seed", type=int, default=0)
@@ -250,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
         num_classes, steps_per_epoch = COCO_CLASSES, COCO_TRAIN_IMAGES // cfg.train.batch_size
         batches = synthetic_batches(cfg, args.seed)
     state = build_state(cfg, num_classes, device, 1, None)
-    if args.setting == "r50" and args.freeze == "recipe":
+    if args.recipe and args.freeze == "recipe":
         freeze_like_recipe(state.detector, cfg.model.frozen_stages)
     state.model.train()
     state.epoch, state.iteration = epoch, epoch * steps_per_epoch
@@ -260,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
         f"setting={args.setting} ({data}) depth={cfg.model.depth} pretrained={cfg.model.pretrained} "
         f"head={cfg.model.head} C={num_classes} batch={cfg.train.batch_size} epoch={epoch} "
         f"assigner={args.phase} amp={cfg.train.amp}->{state.amp} channels_last={cfg.train.channels_last} "
-        f"freeze={args.freeze if args.setting == 'r50' else 'n/a'}"
+        f"freeze={args.freeze if args.recipe else 'n/a'}"
     )
     print(describe_backbone(state.detector))
     per_step, losses = [], {}
@@ -276,7 +281,12 @@ def main(argv: list[str] | None = None) -> None:
     print("last step's losses: " + ", ".join(f"{k}={v:.4f}" for k, v in losses.items()))
     notes = {"setting": args.setting, "data": data, "phase": args.phase, "epoch": epoch}
     notes |= {"batch": cfg.train.batch_size, "device": str(device), "threads": torch.get_num_threads()}
-    notes |= {"amp": state.amp, "cpu": cpu_summary(), "channels_last": cfg.train.channels_last, "config": cfg.to_dict()}
+    notes |= {
+        "amp": state.amp,
+        "cpu": cpu_summary(),
+        "channels_last": cfg.train.channels_last,
+        "config": cfg.to_dict(),
+    }
     report(args, cfg, per_step, notes)
 
 
