@@ -3,7 +3,8 @@
 Each stage's time is the gap between DVC's "Running stage" lines (the last one ends when dvc exits), so it
 includes DVC's own hashing and lock writing. Inside it, the stage prints `timing: {json}` lines
 (tood.train.print_timing):
-  train     startup_s      process start -> first training step (imports, MLflow set-up, model, data cache)
+  train     startup_s      process start -> first training step (imports, MLflow set-up, model, data cache);
+                           startup_cpu_s: the process's CPU seconds by then
             train_steps_s  time inside train_step: the training compute
   evaluate  startup_s      process start -> first inference batch
             inference_s    run_inference (forward + post-processing + alignment stats)
@@ -13,7 +14,7 @@ after the process, checkpoints, MLflow logging, process exit). Stages DVC skips 
 pass --force to time a from-scratch run. The run is the real pipeline: it rewrites dvc.lock and reports/.
 
     .venv/bin/python -m bench.grid_time [--force] [--json PATH] [TARGET ...]   (repo root; nothing else running)
-    .venv/bin/python -m bench.grid_time --force train_tood evaluate_tood       # one variant's two stages
+    .venv/bin/python -m bench.grid_time --force --single-item train_tood evaluate_tood   # one variant's stages
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ TIMING_LINE = re.compile(r"^timing: (\{.*\})\s*$")
 SUMMARY_LINE = re.compile(r'^(\{"variant".*"train_time_s".*\})\s*$')  # train_variant's per-seed summary
 
 
-def run_repro(force: bool, targets: list[str]) -> tuple[float, list[dict]]:
+def run_repro(force: bool, targets: list[str], single_item: bool = False) -> tuple[float, list[dict]]:
     """(total seconds, [{"stage", "seconds", timing keys...}, ...] in run order); raises if dvc fails."""
-    cmd = [sys.executable, "-m", "dvc", "repro", *(["--force"] if force else []), *targets]
+    flags = [*(["--force"] if force else []), *(["--single-item"] if single_item else [])]
+    cmd = [sys.executable, "-m", "dvc", "repro", *flags, *targets]
     # dvc.yaml's commands say `python`: make it this interpreter's environment (the project's .venv) even
     # when the script was started as .venv/bin/python without activating it.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -63,7 +65,7 @@ def run_repro(force: bool, targets: list[str]) -> tuple[float, list[dict]]:
 def add_timing(stage: dict, figures: dict) -> None:
     """Sum a stage's timing lines (one per seed); start-up is the first seed's (later seeds pay no imports)."""
     for key, value in figures.items():
-        if key == "startup_s":
+        if key.startswith("startup"):
             stage.setdefault(key, value)
         else:
             stage[key] = stage.get(key, 0.0) + value
@@ -88,17 +90,16 @@ def fmt(seconds: float | None) -> str:
 
 
 def report(total: float, stages: list[dict]) -> dict:
-    print(
-        f"{'stage':28s} {'total s':>8s} {'startup':>8s} {'compute':>8s} {'rest':>8s}  overhead = total - compute"
-    )
+    """The per-stage table (seconds; `startup cpu`: CPU seconds of the start-up) and the compute share."""
+    header = ["stage", "total", "startup", "startup cpu", "compute", "rest", "total - compute"]
+    print(f"{header[0]:28s}" + "".join(f"{h:>16s}" for h in header[1:]))
     compute_sum = 0.0
     for s in stages:
         startup, compute, rest = split(s)
         compute_sum += compute or 0.0
         overhead = None if compute is None else s["seconds"] - compute
-        print(
-            f"{s['stage']:28s} {s['seconds']:8.1f} {fmt(startup):>8s} {fmt(compute):>8s} {fmt(rest):>8s}  {fmt(overhead)}"
-        )
+        cells = [s["seconds"], startup, s.get("startup_cpu_s"), compute, rest, overhead]
+        print(f"{s['stage']:28s}" + "".join(f"{fmt(c):>16s}" for c in cells))
     groups = {g: [s for s in stages if s["stage"].startswith(g)] for g in ("train", "evaluate")}
     summary = {g: sum(s["seconds"] for s in group) for g, group in groups.items()}
     print(
@@ -118,9 +119,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="re-run every stage (dvc repro --force)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--single-item", action="store_true", help="only the targets, not their upstream")
     parser.add_argument("targets", nargs="*", help="dvc repro targets (default: the whole pipeline)")
     args = parser.parse_args(argv)
-    total, stages = run_repro(args.force, args.targets)
+    total, stages = run_repro(args.force, args.targets, args.single_item)
     figures = report(total, stages)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")

@@ -133,11 +133,12 @@ def evaluate_checkpoint(
         )
     loader = build_loader(dataset, cfg.eval.batch_size, shuffle=False, seed=0, drop_last=False)
     use_ctr = uses_centerness(train_cfg.assign, train_cfg.train.epochs)
-    startup_s, start = process_age_s(), time.perf_counter()
+    startup_s, startup_cpu_s, start = process_age_s(), time.process_time(), time.perf_counter()
     results, stats = run_inference(detector, loader, cfg.eval, use_ctr, dataset.cat_ids)
     inference_s = time.perf_counter() - start
     metrics = {**coco_eval(dataset.coco, results), **summarize_alignment(stats)}
     print_timing(
-        startup_s=startup_s, inference_s=inference_s, cocoeval_s=time.perf_counter() - start - inference_s
-    )
+        startup_s=startup_s, startup_cpu_s=startup_cpu_s, inference_s=inference_s,
+        cocoeval_s=time.perf_counter() - start - inference_s,
+    )  # fmt: skip
     return {**metrics, "num_images": len(dataset), "num_detections": len(results), "epochs": ckpt["epoch"]}

@@ -243,7 +243,8 @@ def process_age_s() -> float | None:
 
 def print_timing(**seconds: float | None) -> None:
     """One `timing: {json}` stdout line of stage-level seconds: bench/grid_time.py splits each DVC stage's
-    wall time into start-up, compute and the rest with them."""
+    wall time into start-up, compute and the rest with them. *_cpu_s: this process's CPU time (all threads)
+    so far, the steadier figure on a shared machine, where wall time is mostly waiting for a core."""
     print("timing: " + json.dumps({k: round(v, 3) for k, v in seconds.items() if v is not None}), flush=True)
 
 
@@ -502,7 +503,9 @@ def train(cfg: RunConfig, seed: int, out_dir: Path, data_root: Path | None = Non
         tracking.log_params({"train.amp_resolved": state.amp})  # the same value again on a resume
         _write_run_files(cfg, out_dir, run)
         summary = _run_epochs(state, dataset, cfg, seed, device, rank, world, run, ckpt, out_dir=out_dir)
-    print_timing(train_steps_s=state.step_time_s, process_s=process_age_s())
+    print_timing(
+        train_steps_s=state.step_time_s, process_s=process_age_s(), process_cpu_s=time.process_time()
+    )
     return summary
 
 
@@ -573,7 +576,7 @@ def _run_epochs(state, dataset, cfg, seed, device, rank, world, run, ckpt, out_d
     if dataset.cache_images:
         dataset.preload()  # what the first batch would do: part of the start-up, not of the first step
     if rank == 0:
-        print_timing(startup_s=process_age_s())
+        print_timing(startup_s=process_age_s(), startup_cpu_s=time.process_time())
     while state.epoch < cfg.train.epochs:
         set_loader_epoch(loader, seed, state.epoch)
         start = time.perf_counter()
