@@ -9,9 +9,9 @@ background load of a shared machine hits both sides alike; the ratio is taken pe
 mean) and summarised by its median and quartiles.
 
 Each side's config is its own tree's params.yaml (headline `tood` variant); --set overrides both, --base-set
-and --new-set one side. `model.pretrained=true` means the recipe's compute: built from scratch (no weights
-offline), then stem + `frozen_stages` stages frozen (see ab_worker.py). The first-step losses of both sides
-are printed: with the same config they must agree to fp32 rounding.
+and --new-set one side. A `model.pretrained` other than none/false (e.g. =true, =imagenet) means the recipe's
+compute: built from scratch (no weights offline), then stem + `frozen_stages` stages frozen (ab_worker.py).
+The first-step losses of both sides are printed: with the same config they must agree to fp32 rounding.
 
     # new code + new default (frozen recipe, amp auto) vs the previous commit's default
     .venv/bin/python -m bench.ab --base HEAD~1 --new-set model.pretrained=true --new-set model.norm=frozen_bn

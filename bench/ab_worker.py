@@ -9,9 +9,9 @@ Protocol (stdout lines starting with "@@" are JSON; anything else the code print
     stdin "run K"  -> K timed training steps on the batch -> @@{"ms": [wall ms], "cpu_ms": [...], "losses": {...}}
     stdin "quit"   -> exit
 The side's config is its tree's params.yaml (the headline `tood` variant) with --set overrides. A config
-with `model.pretrained: true` is built from scratch (no ImageNet weights offline; the weights' values do
-not change the work) and then frozen as the recipe does: requires_grad off for the stem and the first
-`model.frozen_stages` stages, so backward stops there.
+with pretrained weights (`model.pretrained` true, imagenet or a path) is built from scratch (no ImageNet
+weights offline; the weights' values do not change the work) and then frozen as the recipe does:
+requires_grad off for the stem and the first `model.frozen_stages` stages, so backward stops there.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ def emit(payload: dict) -> None:
 
 
 def load_config(params_path: Path, sets: list[str]):
-    """The headline RunConfig of `params_path` with KEY=VALUE overrides (YAML values), and `pretrained`."""
-    from tood.config import HEADLINE, load_params, resolve_run_config
+    """The headline RunConfig of `params_path` with KEY=VALUE overrides (YAML values), and whether the config
+    asked for pretrained weights (model.pretrained is a bool in older revs, none | imagenet | a path now)."""
+    from tood.config import HEADLINE, ModelConfig, load_params, resolve_run_config
 
     params = load_params(params_path)
     for item in sets:
@@ -42,8 +43,9 @@ def load_config(params_path: Path, sets: list[str]):
         for name in parents:
             node = node.setdefault(name, {})
         node[leaf] = yaml.safe_load(value)
-    pretrained = bool((params.get("model") or {}).get("pretrained", False))
-    params.setdefault("model", {})["pretrained"] = False
+    no_weights = ModelConfig.__dataclass_fields__["pretrained"].default  # False, or "none"
+    pretrained = (params.get("model") or {}).get("pretrained", no_weights) not in (False, None, "none")
+    params.setdefault("model", {})["pretrained"] = no_weights
     return resolve_run_config(params, HEADLINE, where=str(params_path)), pretrained
 
 

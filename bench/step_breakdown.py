@@ -17,7 +17,7 @@ Settings (--setting):
            split (data/shapes, from `dvc repro data`) through tood.train.train_loader, batch 16
            (train.batch_size; cache_images is preloaded first, as a run pays it once).
   r50      the COCO recipe's model (profiles/coco.yaml: R-50, FPN 256, T-Head, 80 classes) with
-           `pretrained: false`: ImageNet weights cannot be downloaded here, and the values of the weights
+           `pretrained: none`: ImageNet weights cannot be downloaded here, and the values of the weights
            do not change the work done. profiles/coco.yaml's `norm: frozen_bn` is kept, so every backbone
            BN is a FrozenBatchNorm2d, the recipe's per-channel affine (an identity one from scratch; same
            cost). Because tood.backbone only freezes stages when pretrained, --freeze recipe (the default
@@ -27,7 +27,7 @@ Settings (--setting):
            N(0,1) pixels at the 1333x800 resize of a landscape image (800 x 1333), zero-padded to
            800 x 1344, and 7 random GT boxes (COCO's mean per image) over 80 classes; `data` is the time
            to build that batch and move it, not JPEG decoding.
-Any config with `model.pretrained: true` (r50's profile; the default setting with --pretrained) is built
+Any config with pretrained weights (`model.pretrained` not none) (r50's profile; the default setting with --pretrained) is built
 from scratch and frozen as above (--freeze recipe), so it does the pretrained recipe's work without weights.
 --phase tal (default) runs an epoch past the ATSS warm-up (epoch = assign.warmup_epochs), --phase atss
 the warm-up itself (epoch 0). The first --warmup steps are not timed.
@@ -52,6 +52,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from bench.common import PhaseClock, choose_device, cpu_summary, print_table, setting_line, write_json
 from tood.assigners import choose_assigner
+from tood.backbone import NO_WEIGHTS
 from tood.config import HEADLINE, ModelConfig, RunConfig, load_params, resolve_data_root, resolve_run_config
 from tood.data import Batch
 from tood.detector import Detector
@@ -78,10 +79,9 @@ def load_config(args: argparse.Namespace) -> RunConfig:
     path = args.params if args.setting == "default" else args.profile
     params = load_params(path)
     model = dict(params.get("model") or {})
-    if args.pretrained:
-        model["pretrained"] = True
-    args.recipe = bool(model.get("pretrained"))  # frozen like the recipe after building (main)
-    model["pretrained"] = False  # no ImageNet weights here (see the module docstring)
+    # frozen like the recipe after building (main); built from scratch: no ImageNet weights here
+    args.recipe = args.pretrained or model.get("pretrained", NO_WEIGHTS) != NO_WEIGHTS
+    model["pretrained"] = NO_WEIGHTS
     if args.norm is not None:
         if "norm" not in {f.name for f in dataclasses.fields(ModelConfig)}:
             raise SystemExit("--norm: this tood.config.ModelConfig has no `norm` field")
