@@ -47,7 +47,7 @@ class FrozenBatchNorm2d(misc.FrozenBatchNorm2d):
     """torchvision's FrozenBatchNorm2d (same buffers and state_dict keys), computed by F.batch_norm in
     inference mode: one pass instead of `x * scale + bias`, and under bf16 autocast its output stays bf16
     where torchvision's is promoted to fp32 by the fp32 scale, which cost a cast back before every conv
-    (bench/RESULTS.md §5). fp32 results agree to rounding (tests/test_backbone.py)."""
+    (bench/RESULTS.md §5). fp32 results agree to rounding (tests/test_step_equivalence.py)."""
 
     def forward(self, x: Tensor) -> Tensor:
         return F.batch_norm(

@@ -228,7 +228,7 @@ def decode_image(path: Path, image_id: int, width: int, height: int) -> Tensor:
             f"file says {width}x{height}"
         )
     # numpy's single-threaded transpose: torch's 2-thread copy of this small uint8 tensor took 8 ms of CPU per
-    # image on our busy 2-core machine (a thread waiting for a core), 2 s of every train stage's preload
+    # image on our 2-core machine when it was busy (a thread waiting for a core): 4.4 s of wall per preload
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))  # (3, H, W)
 
 

@@ -185,10 +185,8 @@ class TaskDecomposition(nn.Module):
             out = torch.bmm(x, weight.transpose(1, 2))  # (B, HW, N*F) x (B, N*F, F) -> (B, HW, F)
             out = out.reshape(B, H, W, Fc).permute(0, 3, 1, 2)  # (B, F, H, W) channels_last view
         else:
-            out = torch.bmm(
-                weight, inter_cat.reshape(B, NF, H * W)
-            )  # (B, F, N*F) x (B, N*F, HW) -> (B, F, HW)
-            out = out.reshape(B, Fc, H, W)
+            x = inter_cat.reshape(B, NF, H * W)  # (B, N*F, HW)
+            out = torch.bmm(weight, x).reshape(B, Fc, H, W)  # (B, F, N*F) x (B, N*F, HW) -> (B, F, H, W)
         return F.relu(self.norm(out))
 
 

@@ -516,7 +516,7 @@ def build_state(cfg: RunConfig, num_classes: int, device: torch.device, world: i
         detector = detector.to(memory_format=torch.channels_last)
     params = [p for p in detector.parameters() if p.requires_grad]
     lr0 = scaled_lr(cfg.optim, cfg.train.batch_size)
-    # fused: one pass per parameter instead of four; bit-identical updates on our CPU (tests/test_train.py)
+    # fused: one pass per parameter instead of four; bit-identical updates on our CPU (tests/test_step_equivalence.py)
     optimizer = torch.optim.SGD(
         params, lr=lr0, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
         fused=device.type in ("cpu", "cuda"),
