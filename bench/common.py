@@ -4,12 +4,12 @@ that synchronises CUDA before every timestamp, and the printed table."""
 from __future__ import annotations
 
 import json
+import os
+import platform
 import time
 from pathlib import Path
 
 import torch
-
-AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # as tood.train.train_step
 
 
 def choose_device(name: str) -> torch.device:
@@ -55,6 +55,32 @@ def setting_line(device: torch.device) -> str:
     threads = torch.get_num_threads()
     gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     return f"device={device.type}{gpu} threads={threads} torch={torch.__version__}"
+
+
+# /proc/cpuinfo flags that decide CPU precision and kernels: bf16 is native only with avx512_bf16 / amx_bf16
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+
+
+def cpu_summary() -> dict:
+    """CPU model, the CPU_FLAGS it has, torch's kernel capability and the `auto` precision rule's input."""
+    from tood.train import cpu_has_native_bf16
+
+    model, flags = platform.processor() or platform.machine(), set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    return {
+        "model": model,
+        "flags": [f for f in CPU_FLAGS if f in flags],
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": cpu_has_native_bf16(),
+        "logical_cpus": os.cpu_count(),
+    }
 
 
 def write_json(path: Path | None, figures: dict) -> None:

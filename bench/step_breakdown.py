@@ -17,7 +17,7 @@ Settings (--setting):
            split (data/shapes, from `dvc repro data`) through tood.train.train_loader, batch 16
            (train.batch_size; cache_images is preloaded first, as a run pays it once).
   r50      the COCO recipe's model (profiles/coco.yaml: R-50, FPN 256, T-Head, 80 classes) with
-           `pretrained: false`: ImageNet weights cannot be downloaded here, and the values of the weights
+           `pretrained: none`: ImageNet weights cannot be downloaded here, and the values of the weights
            do not change the work done. profiles/coco.yaml's `norm: frozen_bn` is kept, so every backbone
            BN is a FrozenBatchNorm2d, the recipe's per-channel affine (an identity one from scratch; same
            cost). Because tood.backbone only freezes stages when pretrained, --freeze recipe (the default
@@ -27,6 +27,8 @@ Settings (--setting):
            N(0,1) pixels at the 1333x800 resize of a landscape image (800 x 1333), zero-padded to
            800 x 1344, and 7 random GT boxes (COCO's mean per image) over 80 classes; `data` is the time
            to build that batch and move it, not JPEG decoding.
+Any config with pretrained weights (`model.pretrained` not none) (r50's profile; the default setting with --pretrained) is built
+from scratch and frozen as above (--freeze recipe), so it does the pretrained recipe's work without weights.
 --phase tal (default) runs an epoch past the ATSS warm-up (epoch = assign.warmup_epochs), --phase atss
 the warm-up itself (epoch 0). The first --warmup steps are not timed.
 
@@ -48,13 +50,15 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from bench.common import AMP_DTYPES, PhaseClock, choose_device, print_table, setting_line, write_json
+from bench.common import PhaseClock, choose_device, cpu_summary, print_table, setting_line, write_json
 from tood.assigners import choose_assigner
+from tood.backbone import NO_WEIGHTS
 from tood.config import HEADLINE, ModelConfig, RunConfig, load_params, resolve_data_root, resolve_run_config
 from tood.data import Batch
 from tood.detector import Detector
 from tood.heads import HeadOutput
 from tood.train import (
+    AMP_DTYPES,
     TrainState,
     build_dataset,
     build_state,
@@ -75,8 +79,9 @@ def load_config(args: argparse.Namespace) -> RunConfig:
     path = args.params if args.setting == "default" else args.profile
     params = load_params(path)
     model = dict(params.get("model") or {})
-    if args.setting == "r50":
-        model["pretrained"] = False  # no ImageNet weights here (see the module docstring)
+    # frozen like the recipe after building (main); built from scratch: no ImageNet weights here
+    args.recipe = args.pretrained or model.get("pretrained", NO_WEIGHTS) != NO_WEIGHTS
+    model["pretrained"] = NO_WEIGHTS
     if args.norm is not None:
         if "norm" not in {f.name for f in dataclasses.fields(ModelConfig)}:
             raise SystemExit("--norm: this tood.config.ModelConfig has no `norm` field")
@@ -145,7 +150,7 @@ def timed_step(
         images = images.contiguous(memory_format=torch.channels_last)
     gts = tuple(t.to(device) for t in (batch.gt_boxes, batch.gt_labels, batch.gt_mask))
     clock.lap("data")
-    detector, amp_dtype = state.detector, AMP_DTYPES[cfg.train.amp]
+    detector, amp_dtype = state.detector, AMP_DTYPES[state.amp]
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         feats = detector.backbone(images)
         clock.lap("backbone+fpn")
@@ -219,10 +224,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=None, help="default: 16 (default), 2 (r50)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--amp", choices=list(AMP_DTYPES), default="fp32")
+    parser.add_argument("--amp", choices=["auto", *AMP_DTYPES], default="fp32")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--norm", choices=["bn", "frozen_bn"], default=None, help="default: the yaml's")
-    parser.add_argument("--freeze", choices=["recipe", "none"], default="recipe", help="r50 only")
+    parser.add_argument("--freeze", choices=["recipe", "none"], default="recipe", help="pretrained configs")
+    parser.add_argument("--pretrained", action="store_true", help="the pretrained recipe's frozen stages")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="default setting")
     parser.add_argument("--profile", type=Path, default=Path("profiles/coco.yaml"), help="r50 setting")
     parser.add_argument("--seed", type=int, default=0)
@@ -249,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
         num_classes, steps_per_epoch = COCO_CLASSES, COCO_TRAIN_IMAGES // cfg.train.batch_size
         batches = synthetic_batches(cfg, args.seed)
     state = build_state(cfg, num_classes, device, 1, None)
-    if args.setting == "r50" and args.freeze == "recipe":
+    if args.recipe and args.freeze == "recipe":
         freeze_like_recipe(state.detector, cfg.model.frozen_stages)
     state.model.train()
     state.epoch, state.iteration = epoch, epoch * steps_per_epoch
@@ -258,8 +264,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"setting={args.setting} ({data}) depth={cfg.model.depth} pretrained={cfg.model.pretrained} "
         f"head={cfg.model.head} C={num_classes} batch={cfg.train.batch_size} epoch={epoch} "
-        f"assigner={args.phase} amp={cfg.train.amp} channels_last={cfg.train.channels_last} "
-        f"freeze={args.freeze if args.setting == 'r50' else 'n/a'}"
+        f"assigner={args.phase} amp={cfg.train.amp}->{state.amp} channels_last={cfg.train.channels_last} "
+        f"freeze={args.freeze if args.recipe else 'n/a'}"
     )
     print(describe_backbone(state.detector))
     per_step, losses = [], {}
@@ -275,7 +281,12 @@ def main(argv: list[str] | None = None) -> None:
     print("last step's losses: " + ", ".join(f"{k}={v:.4f}" for k, v in losses.items()))
     notes = {"setting": args.setting, "data": data, "phase": args.phase, "epoch": epoch}
     notes |= {"batch": cfg.train.batch_size, "device": str(device), "threads": torch.get_num_threads()}
-    notes |= {"amp": cfg.train.amp, "channels_last": cfg.train.channels_last, "config": cfg.to_dict()}
+    notes |= {
+        "amp": state.amp,
+        "cpu": cpu_summary(),
+        "channels_last": cfg.train.channels_last,
+        "config": cfg.to_dict(),
+    }
     report(args, cfg, per_step, notes)
 
 

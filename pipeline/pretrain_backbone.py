@@ -48,16 +48,19 @@ def pretrain(cfg, out: Path) -> dict:
 
     from tood import tracking
     from tood.pretrain import make_crops, save_backbone, train_classifier
+    from tood.train import AMP_DTYPES, resolve_amp
 
     p = cfg.pretrain
     tracking.configure_tracking()
     train, val = (make_crops(p, split, cfg.shapes.jpeg_quality) for split in ("train", "val"))
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp)
+    precision = resolve_amp(cfg.train.amp, torch.device("cpu"))  # tood.pretrain trains on the CPU
+    print(f"pretrain: train.amp {cfg.train.amp} -> {precision}")
     name = f"pretrain r{cfg.model.depth} {p.num_classes}-way / seed{p.seed}"
     with mlflow.start_run(run_name=name, tags={"variant": "pretrain", "seed": str(p.seed)}):
-        mlflow.log_params({f"pretrain.{k}": v for k, v in vars(p).items()} | {"model.depth": cfg.model.depth})
+        extra = {"model.depth": cfg.model.depth, "train.amp_resolved": precision}
+        mlflow.log_params({f"pretrain.{k}": v for k, v in vars(p).items()} | extra)
         model, summary = train_classifier(
-            p, cfg.model.depth, train, val, mean=cfg.data.mean, std=cfg.data.std, amp=amp,
+            p, cfg.model.depth, train, val, mean=cfg.data.mean, std=cfg.data.std, amp=AMP_DTYPES[precision],
             channels_last=cfg.train.channels_last, log=lambda step, m: tracking.log_metrics(m, step=step),
         )  # fmt: skip
         tracking.log_metrics({k: v for k, v in summary.items() if k != "chance"})

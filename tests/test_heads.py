@@ -166,6 +166,31 @@ def test_every_parameter_gets_a_gradient(kind, anchor):
 
 
 @pytest.mark.parametrize("kind", ["tood", "parallel"])
+def test_channels_last_gives_the_nchw_outputs_and_gradients(kind):
+    """channels_last takes other code paths (the T-Head's layer attention contracts NHWC memory in place)."""
+    results = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        head = tiny_head(kind, "free")
+        feats, priors = tiny_inputs()
+        if channels_last:
+            head = head.to(memory_format=torch.channels_last)
+            feats = [f.contiguous(memory_format=torch.channels_last) for f in feats]
+        feats = [f.requires_grad_() for f in feats]
+        out = head(feats, priors)
+        loss = (out.scores.square().sum() + out.boxes.square().mean()) / 2
+        if out.centerness is not None:
+            loss = loss + out.centerness.square().sum()
+        grads = torch.autograd.grad(loss, [*feats, *head.parameters()])
+        results.append((out.scores, out.boxes, grads))
+    (scores, boxes, grads), (scores_cl, boxes_cl, grads_cl) = results
+    torch.testing.assert_close(scores_cl, scores, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(boxes_cl, boxes, rtol=1e-5, atol=1e-5)
+    for grad, grad_cl in zip(grads, grads_cl):
+        torch.testing.assert_close(grad_cl, grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["tood", "parallel"])
 def test_box_branch_stays_fp32_under_autocast(kind):
     head = tiny_head(kind, "free")
     feats, priors = tiny_inputs(batch=1)

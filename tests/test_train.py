@@ -74,7 +74,10 @@ def tiny_config(data_root: Path, **train) -> RunConfig:
         model=ModelConfig(depth=18, fpn_channels=16, stacked_convs=2, gn_groups=4),
         assign=AssignConfig(warmup_epochs=1),
         optim=OptimConfig(warmup_iters=3),
-        train=TrainConfig(**{"epochs": 2, "batch_size": 2, "log_every": 1, "num_threads": 1, **train}),
+        # amp fp32: the default `auto` is bf16 on some CPUs, and these runs must not depend on the machine
+        train=TrainConfig(
+            **{"epochs": 2, "batch_size": 2, "log_every": 1, "num_threads": 1, "amp": "fp32", **train}
+        ),
         eval=EvalConfig(batch_size=2),
     )
 
@@ -168,6 +171,7 @@ def test_mlflow_run_has_params_tags_metrics_and_config(finished):
     assert run.data.params["head"] == "tood" and run.data.params["seed"] == "0"
     assert run.info.run_name == "tiny a1 b6 / seed0"
     assert run.data.params["optim.lr"] == "0.01" and run.data.params["train.batch_size"] == "2"
+    assert run.data.params["train.amp_resolved"] == "fp32"  # the precision `train.amp` resolved to
     assert run.data.tags["variant"] == "tiny" and run.data.tags["seed"] == "0"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert steps == [1, 2, 3, 4]

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import models
-from torchvision.ops.misc import FrozenBatchNorm2d
+from torchvision.ops import misc
 
 from tood.config import ModelConfig, resolve_repo_path
 
@@ -41,6 +41,18 @@ _RESNETS = {
     50: (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1, (512, 1024, 2048)),
     101: (models.resnet101, models.ResNet101_Weights.IMAGENET1K_V1, (512, 1024, 2048)),
 }
+
+
+class FrozenBatchNorm2d(misc.FrozenBatchNorm2d):
+    """torchvision's FrozenBatchNorm2d (same buffers and state_dict keys), computed by F.batch_norm in
+    inference mode: one pass instead of `x * scale + bias`, and under bf16 autocast its output stays bf16
+    where torchvision's is promoted to fp32 by the fp32 scale, which cost a cast back before every conv
+    (bench/RESULTS.md §5). fp32 results agree to rounding (tests/test_step_equivalence.py)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+        )
 
 
 class WeightsUnavailableError(RuntimeError):

@@ -238,8 +238,9 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader workers; 0 decodes in the main process
     cache_images: bool = False  # decode the whole (small) train set into memory once
     # autocast for backbone+head; assignment and losses stay fp32. Not "off": `dvc exp run -S` drops the
-    # quotes when it rewrites params.yaml and YAML 1.1 reads a bare off as False.
-    amp: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # quotes when it rewrites params.yaml and YAML 1.1 reads a bare off as False. "auto": bf16 on CUDA and
+    # on CPUs with native bf16, else fp32 (tood.train.resolve_amp; a capability rule, never a timing).
+    amp: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = False
     num_threads: int = 0  # torch intra-op threads, 0 = torch default
     log_every: int = 10  # iterations between MLflow metric logs

@@ -178,8 +178,16 @@ class TaskDecomposition(nn.Module):
         w = self.layer_attention(pooled).sigmoid().reshape(B, 1, N, 1)  # (B, 1, N, 1)
         # fold w into the conv weight instead of scaling X: same math [R], no (B, N*F, H, W) copy
         weight = (self.reduction.weight.reshape(1, Fc, N, Fc) * w).reshape(B, Fc, NF)  # (B, F, N*F)
-        out = torch.bmm(weight, inter_cat.reshape(B, NF, H * W))  # (B, F, N*F) x (B, N*F, HW) -> (B, F, HW)
-        return F.relu(self.norm(out.reshape(B, Fc, H, W)))
+        if inter_cat.is_contiguous(memory_format=torch.channels_last):
+            # NHWC memory already is (B, HW, N*F): contract it from the left, so neither the input nor the
+            # output is copied to another layout (reshaping it to (B, N*F, HW) copied all of inter_cat)
+            x = inter_cat.permute(0, 2, 3, 1).reshape(B, H * W, NF)  # (B, HW, N*F) view
+            out = torch.bmm(x, weight.transpose(1, 2))  # (B, HW, N*F) x (B, N*F, F) -> (B, HW, F)
+            out = out.reshape(B, H, W, Fc).permute(0, 3, 1, 2)  # (B, F, H, W) channels_last view
+        else:
+            x = inter_cat.reshape(B, NF, H * W)  # (B, N*F, HW)
+            out = torch.bmm(weight, x).reshape(B, Fc, H, W)  # (B, F, N*F) x (B, N*F, HW) -> (B, F, H, W)
+        return F.relu(self.norm(out))
 
 
 class TOODHead(nn.Module):

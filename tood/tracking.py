@@ -423,6 +423,15 @@ def last_logged_steps() -> dict[str, int]:
         return {key: max(m.step for m in client.get_metric_history(run_id, key)) for key in keys}
 
 
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log extra params into the active run, rendered as run_params renders them (e.g. the resolved amp)."""
+    import mlflow
+
+    _require_active_run()
+    with _server_calls():
+        mlflow.log_params({key: _param_str(value) for key, value in params.items()})
+
+
 def _flat_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     flat: dict[str, float] = {}
     for key, value in metrics.items():

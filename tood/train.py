@@ -236,12 +236,68 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+def describe_device(device: torch.device) -> str:
+    """e.g. "cpu (AVX512, native bf16: yes)" or "cuda:0 (NVIDIA H200)": what the precision choice read."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    native = "yes" if cpu_has_native_bf16() else "no"
+    return f"{device.type} ({torch.backends.cpu.get_cpu_capability()}, native bf16: {native})"
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux /proc: start time in clock ticks after boot); None elsewhere."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()  # fields 3.. of proc(5)
+        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime_s - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def print_timing(**seconds: float | None) -> None:
+    """One `timing: {json}` stdout line of stage-level seconds: bench/grid_time.py splits each DVC stage's
+    wall time into start-up, compute and the rest with them. *_cpu_s: this process's CPU time (all threads)
+    so far, the steadier figure on a shared machine, where wall time is mostly waiting for a core."""
+    print("timing: " + json.dumps({k: round(v, 3) for k, v in seconds.items() if v is not None}), flush=True)
+
+
 def pick_device() -> torch.device:
     if torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
         return device
     return torch.device("cpu")
+
+
+# autocast dtype of each resolved `train.amp` (None: no autocast)
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU multiplies bf16 in hardware: AVX512-BF16 (AMD Zen 4+, Intel Cooper Lake) or AMX
+    (Intel Sapphire Rapids+), with oneDNN to use it.
+
+    Without it oneDNN emulates bf16 through fp32 conversions: a 2-core Xeon with AVX-512 but no bf16 ran
+    the default step 2.9x slower in bf16 than in fp32 (issue 13), while an AMD EPYC with avx512_bf16 ran it
+    faster (bench/RESULTS.md §5). torch.backends.cpu.get_cpu_capability() says "AVX512" on both.
+    """
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, hence the getattr
+    native = any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return native and torch.backends.mkldnn.is_available()
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """The precision `train.amp` means on `device`: "auto" is bf16 on CUDA (where supported) and on CPUs
+    with native bf16 (cpu_has_native_bf16), else fp32; the other values are themselves.
+
+    Decided by capability, never by a start-up timing, so one machine always makes the same choice and
+    its runs stay bit-reproducible; `python -m bench.ab --amp-check` measures that the choice is faster.
+    """
+    if amp != "auto":
+        return amp
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
 def _setup_determinism(seed: int, num_threads: int) -> None:
@@ -265,10 +321,12 @@ class TrainState:
     model: nn.Module  # detector, or its DDP wrapper (forward)
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
+    amp: str = "fp32"  # resolved precision (resolve_amp), fixed for the whole run, resumes included
     epoch: int = 0  # epochs completed
     iteration: int = 0  # optimizer steps taken
     train_time_s: float = 0.0  # wall time of the epochs run so far (summed over resumes)
     images_seen: int = 0
+    step_time_s: float = 0.0  # this process's time inside train_step: not checkpointed, for print_timing
 
 
 def train_step(
@@ -282,7 +340,7 @@ def train_step(
     images = batch.images.to(device, non_blocking=True)
     if cfg.train.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp)
+    amp_dtype = AMP_DTYPES[state.amp]
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         out = state.model(images)
     losses = compute_loss(state.detector, out, batch, device, epoch=state.epoch, cfg=cfg)  # fp32
@@ -368,7 +426,9 @@ def train_one_epoch(
         lr = schedule_lr(cfg.optim, global_batch, state.iteration, state.epoch)
         for group in state.optimizer.param_groups:
             group["lr"] = lr
+        start = time.perf_counter()
         losses = train_step(state, batch, cfg, device, world)
+        state.step_time_s += time.perf_counter() - start
         state.iteration += 1
         images = batch.images.shape[0] * world
         state.images_seen += images
@@ -461,9 +521,11 @@ def train(cfg: RunConfig, seed: int, out_dir: Path, data_root: Path | None = Non
     state = build_state(cfg, dataset.num_classes, device, world, ckpt)
     if rank != 0:
         return _run_epochs(state, dataset, cfg, seed, device, rank, world, None, ckpt)
+    print(f"train.amp: {cfg.train.amp} -> {state.amp} on {describe_device(device)}", flush=True)
     run_id = ckpt["mlflow_run_id"] if ckpt is not None else None
     run = tracking.start_run(cfg, seed, run_id=run_id, data_root=data_root)
     try:
+        tracking.log_params({"train.amp_resolved": state.amp})  # the same value again on a resume
         _write_run_files(cfg, out_dir, run)
         summary = _run_epochs(state, dataset, cfg, seed, device, rank, world, run, ckpt, out_dir=out_dir)
     except BaseException as e:  # divergence, Ctrl-C, a tracking server gone: the MLflow run is FAILED
@@ -472,6 +534,9 @@ def train(cfg: RunConfig, seed: int, out_dir: Path, data_root: Path | None = Non
             e.add_note(f"The checkpoint of epoch {state.epoch} is kept: {out_dir / CHECKPOINT}")
         raise
     tracking.end_run()
+    print_timing(
+        train_steps_s=state.step_time_s, process_s=process_age_s(), process_cpu_s=time.process_time()
+    )
     return summary
 
 
@@ -482,11 +547,14 @@ def build_state(cfg: RunConfig, num_classes: int, device: torch.device, world: i
         detector = detector.to(memory_format=torch.channels_last)
     params = [p for p in detector.parameters() if p.requires_grad]
     lr0 = scaled_lr(cfg.optim, cfg.train.batch_size)
+    # fused: one pass per parameter instead of four; bit-identical updates on our CPU (tests/test_step_equivalence.py)
     optimizer = torch.optim.SGD(
-        params, lr=lr0, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
-    state = TrainState(detector, detector, optimizer, scaler)
+        params, lr=lr0, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
+        fused=device.type in ("cpu", "cuda"),
+    )  # fmt: skip
+    amp = run_precision(cfg.train.amp, device, ckpt)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    state = TrainState(detector, detector, optimizer, scaler, amp)
     if ckpt is not None:
         detector.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -500,6 +568,19 @@ def build_state(cfg: RunConfig, num_classes: int, device: torch.device, world: i
         model = _sync_batchnorm(detector, cfg.model.norm, device)
         state.model = DistributedDataParallel(model, device_ids=ids)
     return state
+
+
+def run_precision(amp: str, device: torch.device, ckpt: dict | None) -> str:
+    """resolve_amp, except that a resumed run keeps the precision its checkpoint was trained in: the same
+    `auto` resolves differently on another machine, and a run must not switch precision half-way."""
+    resolved = resolve_amp(amp, device)
+    if ckpt is None or ckpt.get("amp", resolved) == resolved:
+        return resolved
+    warnings.warn(
+        f"train.amp: {amp} resolves to {resolved} on this machine, but the checkpoint being resumed was "
+        f"trained in {ckpt['amp']}; continuing in {ckpt['amp']}"
+    )
+    return ckpt["amp"]
 
 
 def _sync_batchnorm(detector: Detector, norm: str, device: torch.device) -> nn.Module:
@@ -527,6 +608,10 @@ def _run_epochs(state, dataset, cfg, seed, device, rank, world, run, ckpt, out_d
     epoch_losses: dict[str, float] = {}
     per_rank = cfg.train.batch_size // world
     loader = train_loader(dataset, per_rank, seed=seed, rank=rank, world=world, workers=cfg.train.num_workers)
+    if dataset.cache_images:
+        dataset.preload()  # what the first batch would do: part of the start-up, not of the first step
+    if rank == 0:
+        print_timing(startup_s=process_age_s(), startup_cpu_s=time.process_time())
     while state.epoch < cfg.train.epochs:
         set_loader_epoch(loader, seed, state.epoch)
         start = time.perf_counter()
@@ -566,6 +651,7 @@ def _save(state: TrainState, cfg: RunConfig, seed: int, dataset, run, out_dir: P
             "model": state.detector.state_dict(),
             "optimizer": state.optimizer.state_dict(),
             "scaler": state.scaler.state_dict() if state.scaler.is_enabled() else {},
+            "amp": state.amp,  # resolved precision: a resume keeps it (run_precision)
             "epoch": state.epoch,
             "iteration": state.iteration,
             "train_time_s": state.train_time_s,
