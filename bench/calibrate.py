@@ -44,8 +44,20 @@ def parse_sets(items: list[str]) -> list[tuple[str, list]]:
         key, _, values = item.partition("=")
         if not key or not values:
             raise SystemExit(f"--set {item!r}: expected key=value[,value...]")
-        out.append((key.strip(), [yaml.safe_load(v) for v in values.split(",")]))
+        out.append((key.strip(), [yaml.safe_load(v) for v in _split_top_level(values)]))
     return out
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas outside brackets: "1,[96,96]" -> ["1", "[96,96]"]."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [*parts, text[start:]]
 
 
 def apply_override(params: dict, key: str, value) -> dict:
@@ -152,12 +164,15 @@ def _append_row(path: Path, row: dict) -> None:
 def summarise(rows: list[dict], reference: str | None) -> list[dict]:
     """Per (cell, variant): n, mean, std and SE of AP (x100); and Δ ± SE to `reference` in the same cell."""
     groups: dict[tuple[str, str], list[float]] = {}
+    iterations: dict[tuple[str, str], int] = {}
     for r in rows:
         groups.setdefault((r["cell"], r["variant"]), []).append(100 * float(r["AP"]))
+        iterations[r["cell"], r["variant"]] = int(r["iterations"])
     out = []
     for (cell, variant), aps in groups.items():
         mean, std = statistics.fmean(aps), statistics.stdev(aps) if len(aps) > 1 else math.nan
         entry = {"cell": cell, "variant": variant, "n": len(aps), "mean": mean, "std": std}
+        entry["iterations"] = iterations[cell, variant]
         entry["se"] = std / math.sqrt(len(aps))
         ref = groups.get((cell, reference)) if reference and variant != reference else None
         if ref:
@@ -176,38 +191,41 @@ def write_report(args: argparse.Namespace) -> None:
     lines = [
         f"# Calibration study `{args.study}`",
         "",
-        "AP on the study's shapes val split (0-100), mean ± std over seeds; SE = std / sqrt(n); "
-        f"Δ = variant − `{args.reference}` in the same cell, SE(Δ) = sqrt(sa²/na + sb²/nb).",
+        (
+            "AP on the study's shapes val split (0-100), mean ± std over seeds; SE = std / sqrt(n); "
+            f"Δ = variant − `{args.reference}` in the same cell, SE(Δ) = sqrt(sa²/na + sb²/nb)."
+        ),
         "",
-        "| cell | variant | n | AP mean ± std | SE | Δ ± SE(Δ) |",
-        "|---|---|---|---|---|---|",
+        "| cell | variant | iterations | n | AP mean ± std | SE | Δ ± SE(Δ) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for s in stats:
         delta = f"{s['delta']:+.2f} ± {s['delta_se']:.2f}" if "delta" in s else "—"
         lines.append(
-            f"| `{s['cell']}` | {s['variant']} | {s['n']} | {s['mean']:.2f} ± {s['std']:.2f} | "
+            f"| `{s['cell']}` | {s['variant']} | {s['iterations']} | {s['n']} | {s['mean']:.2f} ± {s['std']:.2f} | "
             f"{s['se']:.2f} | {delta} |"
         )
     (OUT_DIR / f"{args.study}.md").write_text("\n".join(lines) + "\n")
     if args.x:
-        plot(stats, args.x, OUT_DIR / f"{args.study}.png", args.study)
+        keys = args.label_keys.split(",") if args.label_keys else None
+        plot(stats, args.x, OUT_DIR / f"{args.study}.png", args.study, keys)
     print("\n".join(lines))
 
 
-def plot(stats: list[dict], x_key: str, path: Path, title: str) -> None:
-    """AP mean ± SE against the swept key, one line per (variant, other keys)."""
+def plot(stats: list[dict], x_key: str, path: Path, title: str, label_keys: list[str] | None) -> None:
+    """AP mean ± SE against a swept key (or "iterations"), one line per variant and the values of
+    `label_keys` (default: every other key of the cell)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     lines: dict[str, list[tuple[float, float, float]]] = {}
     for s in stats:
         cell = json.loads(s["cell"])
-        rest = {k: v for k, v in cell.items() if k != x_key}
-        label = s["variant"] + (f" {rest}" if rest else "")
-        lines.setdefault(label, []).append(
-            (float(cell[x_key]), s["mean"], 0.0 if math.isnan(s["se"]) else s["se"])
-        )
-    fig = Figure(figsize=(7, 4.5))
+        keys = label_keys if label_keys is not None else [k for k in cell if k != x_key]
+        label = " ".join([s["variant"], *(f"{k.split('.')[-1]}={cell.get(k, 'base')}" for k in keys)])
+        x = s["iterations"] if x_key == "iterations" else float(cell[x_key])
+        lines.setdefault(label, []).append((x, s["mean"], 0.0 if math.isnan(s["se"]) else s["se"]))
+    fig = Figure(figsize=(8, 4.5 + 0.18 * len(lines)))
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     for label, points in sorted(lines.items()):
@@ -217,7 +235,7 @@ def plot(stats: list[dict], x_key: str, path: Path, title: str) -> None:
     ax.set_ylabel("AP (0-100), mean ± SE over seeds")
     ax.set_title(f"calibration: {title}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))
     fig.tight_layout()
     fig.savefig(path, dpi=100, metadata={"Software": None})
 
@@ -231,7 +249,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--work", type=Path, default=Path("/tmp/tood-calibration"), help="datasets and runs")
     parser.add_argument("--report", action="store_true", help="summarise the CSV instead of running")
-    parser.add_argument("--x", default=None, help="with --report: the swept key to plot AP against")
+    parser.add_argument(
+        "--x", default=None, help="with --report: the swept key (or 'iterations') for the x axis"
+    )
+    parser.add_argument(
+        "--label-keys", default=None, help="with --report: comma-separated cell keys naming each line"
+    )
     parser.add_argument("--reference", default="parallel_atss", help="with --report: Δ baseline variant")
     args = parser.parse_args(argv)
     write_report(args) if args.report else run_study(args)

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from pipeline.cli import run
 from tood import tracking
-from tood.complexity import checkpoint_complexity
 from tood.config import RunConfig, load_run_config
 
 
@@ -34,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     cfg = load_run_config(args.params, args.variant)
-    from tood.inference import evaluate_checkpoint  # torch + pycocotools: after parsing, so --help is fast
+    from tood.complexity import checkpoint_complexity  # torch + pycocotools: after parsing (fast --help)
+    from tood.inference import evaluate_checkpoint
 
     tracking.configure_tracking()
     complexity = checkpoint_complexity(args.runs / f"seed{cfg.seeds[0]}" / "last.pt")  # same model every seed
@@ -60,12 +60,13 @@ def log_to_run(cfg: RunConfig, seed: int, run_id: str, metrics: dict, complexity
 
 
 def aggregate(cfg: RunConfig, per_seed: dict[str, dict]) -> dict:
-    """Mean and sample std over seeds of every metric; NaN (undefined) metrics become null."""
+    """Mean and sample std over the seeds that define a metric; one that no seed defines (None or NaN, e.g.
+    an alignment metric without error detections) becomes null."""
     from tood.evaluate import ALIGN_KEYS, COCO_KEYS
 
     mean, std = {}, {}
     for key in (*COCO_KEYS, *ALIGN_KEYS):
-        values = [s[key] for s in per_seed.values() if s.get(key) is not None]
+        values = [s[key] for s in per_seed.values() if s.get(key) is not None and not math.isnan(s[key])]
         mean[key] = statistics.fmean(values) if values else None
         std[key] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
     return {"variant": cfg.variant, **mean, "std": std, "seeds": per_seed, "setting": setting(cfg)}

@@ -32,7 +32,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--figures", default="reports/figures", type=Path, help="folder for the PNG figures")
     args = parser.parse_args(argv)
     from tood.report import tabulate  # matplotlib: after parsing, so --help is fast
-
     from tood.results import ReportError
 
     try:

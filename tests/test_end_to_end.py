@@ -22,6 +22,14 @@ REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("tood", "parallel_atss")  # the headline and one ablation cell
 
 TINY = {
+    "pretrain": {
+        "num_train": 48,
+        "num_val": 24,
+        "crop_size": 32,
+        "epochs": 1,
+        "batch_size": 16,
+        "warmup_iters": 1,
+    },
     "shapes": {"num_train": 8, "num_val": 4, "image_size": 64, "max_objects": 4},
     "data": {"img_scale": [64, 64]},
     "model": {"fpn_channels": 16, "stacked_convs": 2, "gn_groups": 4},
@@ -44,6 +52,7 @@ def _tiny_profile(repo: Path) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     for section, values in TINY.items():
         params[section].update(values)
+    params["seeds"] = [0]
     params["variants"] = {v: params["variants"][v] for v in VARIANTS if v != "tood"}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dvc = yaml.safe_load((repo / "dvc.yaml").read_text())
@@ -125,7 +134,7 @@ def test_exp_run_alpha_beta_reruns_only_the_headline_branch_and_going_back_retra
     # Each way once more: DVC's run-cache restores both stages; only tabulate (uncached tables.md) runs.
     for alpha, beta, digest in (("0.5", "4", trained_at_05_4), ("1", "6", trained_at_1_6)):
         log = _exp_run(repo, env, alpha, beta)
-        assert _ran(log) == {"check_params", "tabulate"}, log
+        assert _ran(log) - {"check_params"} == {"tabulate"}, log  # check_params: run or restored (same bytes)
         assert "Stage 'train_tood' is cached - skipping run" in log
         assert _digest(checkpoint) == digest
     assert len(_tood_runs(repo)) == len(runs_before) + 1  # one MLflow run for 0.5/4, none for going back

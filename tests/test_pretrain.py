@@ -66,7 +66,7 @@ def test_backbone_state_dict_is_exactly_the_resnet_body():
 def test_train_classifier_runs_and_reports_accuracy():
     train, val = make_crops(TINY, "train", 90), make_crops(TINY, "val", 90)
     logged = []
-    model, summary = train_classifier(
+    _, summary = train_classifier(
         TINY, 18, train, val, mean=MEAN, std=STD, amp=None, channels_last=False,
         log=lambda step, m: logged.append((step, m)),
     )  # fmt: skip

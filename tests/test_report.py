@@ -17,7 +17,7 @@ from matplotlib.container import BarContainer
 
 from pipeline.tabulate import main
 from tood import evaluate, paper
-from tood.config import load_params, resolve_run_config, variant_names
+from tood.config import ConfigError, load_params, resolve_run_config, variant_names
 from tood.figures import mean_loss_curve, palette, plot_ablations, read_losses, switch_step
 from tood.results import ALIGN_KEYS, AP_KEYS, Stat, fmt_value, load_runs, standard_error, verdict
 
@@ -307,7 +307,7 @@ def test_single_seed_claims_no_direction(one_seed):
     }  # fmt: skip
     assert "**not** the paper's setting" in text
     assert "`run-parallel_atss-0`" in line_with(section(text, "Which runs make each row"), "`parallel_atss`")
-    assert "--workers 1" in text and "http://127.0.0.1:5000" in text and "tood-ablations" in text
+    assert "pipeline.mlflow_ui" in text and "127.0.0.1:5000" in text and "tood-ablations" in text
 
 
 def test_two_seeds_delta_se_n_per_seed_and_verdicts(two_seeds):
@@ -479,8 +479,8 @@ def test_trial_run_says_at_the_top_it_supports_no_conclusions(tmp_path, one_seed
 
 def test_trial_must_be_a_bool(tmp_path):
     tmp = make_inputs(tmp_path, [0], trial="yes")
-    with pytest.raises(SystemExit, match=r"params\.yaml: trial: 'yes' should be true or false"):
-        run_tabulate(tmp)
+    with pytest.raises(ConfigError, match=r"params\.yaml: trial: 'yes' should be true or false"):
+        run_tabulate(tmp)  # pipeline.cli.run turns it into one line and exit 2
 
 
 def test_table1_params_and_gflops_paper_beside_ours(one_seed):

@@ -22,7 +22,7 @@ def test_a_variant_may_run_on_its_own_seeds_and_the_others_keep_the_top_level_li
     params = _params(seeds=[0])
     assert resolve_run_config(params, "a1_b8").seeds == (0,)
     assert resolve_run_config(params, "a1_b8").assign.beta == 8.0  # its other overrides still apply
-    assert resolve_run_config(params, "a05_b2").seeds == (0, 1, 2)
+    assert resolve_run_config(params, "parallel_atss").seeds == (0, 1, 2)
     assert resolve_run_config(params, HEADLINE).seeds == (0, 1, 2)
 
 

@@ -53,11 +53,11 @@ VERDICT_RULE = (
 
 MLFLOW_HOWTO = """\
 ```
-MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false uv run mlflow server --backend-store-uri sqlite:///mlflow.db \\
-    --host 127.0.0.1 --port 5000 --workers 1
+uv run python -m pipeline.mlflow_ui      # mlflow server on 127.0.0.1:5000 over mlflow.db; prints the link
 ```
-Then open http://127.0.0.1:5000, experiment `tood-ablations`, and filter runs, e.g. `params.head = 'tood'`
-or `tags.variant = 'parallel_atss'`; the run ids above open a run directly."""
+Open the link it prints (the runs table of experiment `tood-ablations`, columns AP, head, assigner, anchor,
+alpha, beta), not the bare address, which MLflow greets with an empty GenAI page. Filter runs with e.g.
+`params.head = 'tood'` or `tags.variant = 'parallel_atss'`; the run ids above open a run directly."""
 
 
 # ---------------------------------------------------------------------------------------------------
