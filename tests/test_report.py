@@ -528,3 +528,17 @@ def test_ablations_figure_draws_plus_minus_se(two_seeds, tmp_path):
     half_widths = [abs(seg[1][0] - seg[0][0]) / 2 for seg in caps_and_bars.get_segments()]
     assert half_widths[0] == pytest.approx(math.sqrt(0.5 / 2 + 0.5 / 2))  # Welch SE, not sqrt(s_a² + s_b²)
     assert [r.get_width() for r in bars][:2] == [pytest.approx(3.0), pytest.approx(-2.0)]
+
+
+def test_bench_targets_reads_the_headline_and_each_main_contrast_from_summary(two_seeds, capsys):
+    from bench.targets import main as targets
+
+    _, tmp = two_seeds
+    targets(["--summary", str(tmp / "summary.json")])
+    out = capsys.readouterr().out.splitlines()
+    # tood 35.0 ± 0.5 per seed -> std 0.71; 2 seeds < 3: not met even though 35 >= 30
+    assert out[0] == "headline tood: AP 35.00 ± 0.71 (std, n=2; per seed 35.5, 34.5): NOT met"
+    # T-Head - parallel (ATSS, AF): 33.0 - 30.0; SE = sqrt(0.5/2 + 0.5/2) = 0.71 > 0.5
+    assert out[1].startswith("t1_af_thead  Δ +3.00 ± 0.71 (SE, n 2/2; paper +1.9) verdict ")
+    assert out[1].endswith("SE ≤ 0.5 NOT met")
+    assert len(out) == 7 and out[-1].endswith("about 4 (worst contrast)")  # 0.71² · 2 / 0.5²

@@ -1,0 +1,74 @@
+"""The meaningful-default targets, read from what the last `dvc repro` wrote: headline AP and SE(Δ) per contrast.
+
+    .venv/bin/python -m bench.targets [--summary reports/summary.json] [--grid-time bench/grid_time.json]
+
+Targets (issue 10): the headline `tood` reaches a mean AP of at least 30 (goal; 15 at the least) over at least
+3 seeds, and each main contrast has SE(Δ) = sqrt(sa²/na + sb²/nb) of at most 0.5 AP with at least 3 seeds a
+side. Every figure comes from reports/summary.json (tood.report.build_summary), which the `tabulate` stage
+writes from the metrics files of the runs it just tabulated; nothing is recomputed or typed in here.
+--grid-time adds the wall time and compute share that bench.grid_time measured for that repro.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HEADLINE_GOAL, HEADLINE_FLOOR, SE_TARGET, MIN_SEEDS = 30.0, 15.0, 0.5, 3
+MAIN_CONTRASTS = ("t1_af_thead", "t1_ab_thead", "t2_tal", "t3_af_tood", "t3_ab_tood")
+
+
+def headline_line(variant: dict) -> tuple[str, bool]:
+    mean, std, n = variant["AP"], variant["AP_std"], variant["n_seeds"]
+    per_seed = ", ".join(f"{ap:.1f}" for ap in variant["AP_per_seed"].values())
+    met = mean is not None and mean >= HEADLINE_FLOOR and n >= MIN_SEEDS
+    level = "goal met" if met and mean >= HEADLINE_GOAL else ("floor met" if met else "NOT met")
+    std_text = "-" if std is None else f"{std:.2f}"
+    return f"headline tood: AP {mean:.2f} ± {std_text} (std, n={n}; per seed {per_seed}): {level}", met
+
+
+def contrast_line(key: str, ablation: dict) -> tuple[str, bool]:
+    ap = ablation["AP"]
+    delta, se, n_a, n_b = ap["delta"], ap["se"], ap["n_a"], ap["n_b"]
+    met = se is not None and se <= SE_TARGET and min(n_a, n_b) >= MIN_SEEDS
+    delta_text = "-" if delta is None else f"{delta:+.2f}"
+    se_text = "-" if se is None else f"{se:.2f}"
+    line = (
+        f"{key:12s} Δ {delta_text} ± {se_text} (SE, n {n_a}/{n_b}; paper {ap['paper_delta']:+.1f}) "
+        f"verdict {ap['verdict']}: SE ≤ {SE_TARGET} {'met' if met else 'NOT met'}"
+    )
+    return line, met
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--summary", type=Path, default=Path("reports/summary.json"), help="tabulate's JSON")
+    parser.add_argument("--grid-time", type=Path, help="bench.grid_time --json output of the same repro")
+    args = parser.parse_args(argv)
+    summary = json.loads(args.summary.read_text())
+    if summary.get("trial"):
+        print("note: this summary comes from a trial profile (trial: true); it supports no conclusions")
+    line, _ = headline_line(summary["variants"]["tood"])
+    print(line)
+    needed = []
+    for key in MAIN_CONTRASTS:
+        line, met = contrast_line(key, summary["ablations"][key])
+        print(line)
+        ap = summary["ablations"][key]["AP"]
+        if not met and ap["se"]:  # seeds a side for SE_TARGET at this noise, if both sides had n seeds
+            needed.append(ap["se"] ** 2 * min(ap["n_a"], ap["n_b"]) / SE_TARGET**2)
+    if needed:
+        print(
+            f"seeds a side for SE ≤ {SE_TARGET} at the measured noise: about {max(needed):.0f} (worst contrast)"
+        )
+    if args.grid_time:
+        grid = json.loads(args.grid_time.read_text())
+        print(
+            f"grid wall time {grid['total_s'] / 60:.1f} min; training + inference compute "
+            f"{100 * grid['compute_share']:.1f}% of it"
+        )
+
+
+if __name__ == "__main__":
+    main()
