@@ -7,13 +7,21 @@ Targets (issue 10): the headline `tood` reaches a mean AP of at least 30 (goal; 
 side. Every figure comes from reports/summary.json (tood.report.build_summary), which the `tabulate` stage
 writes from the metrics files of the runs it just tabulated; nothing is recomputed or typed in here.
 --grid-time adds the wall time and compute share that bench.grid_time measured for that repro.
+
+Each contrast also prints the paired-by-seed SE, sd(a_k - b_k)/sqrt(n) over the seeds both sides ran, for
+information only: the verdicts in tables.md use the unpaired (Welch) SE above. Seed k gives both variants the
+same data order and the same pretrained backbone, so pairing can remove noise they share; with 3 pairs its
+own uncertainty is large (2 degrees of freedom), which is why it is not the verdict's basis.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
+
+from tood.paper import ABLATIONS
 
 HEADLINE_GOAL, HEADLINE_FLOOR, SE_TARGET, MIN_SEEDS = 30.0, 15.0, 0.5, 3
 MAIN_CONTRASTS = ("t1_af_thead", "t1_ab_thead", "t2_tal", "t3_af_tood", "t3_ab_tood")
@@ -41,6 +49,17 @@ def contrast_line(key: str, ablation: dict) -> tuple[str, bool]:
     return line, met
 
 
+def paired_line(key: str, summary: dict) -> str:
+    ablation = next(a for a in ABLATIONS if a.key == key)
+    a = summary["variants"][ablation.treated.variant]["AP_per_seed"]
+    b = summary["variants"][ablation.baseline.variant]["AP_per_seed"]
+    diffs = [a[k] - b[k] for k in a if k in b and a[k] is not None and b[k] is not None]
+    if len(diffs) < 2:
+        return f"{'':12s} paired by seed: fewer than 2 common seeds"
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5
+    return f"{'':12s} paired by seed (information only): Δ {statistics.fmean(diffs):+.2f} ± {se:.2f}, n {len(diffs)}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--summary", type=Path, default=Path("reports/summary.json"), help="tabulate's JSON")
@@ -55,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     for key in MAIN_CONTRASTS:
         line, met = contrast_line(key, summary["ablations"][key])
         print(line)
+        print(paired_line(key, summary))
         ap = summary["ablations"][key]["AP"]
         if not met and ap["se"]:  # seeds a side for SE_TARGET at this noise, if both sides had n seeds
             needed.append(ap["se"] ** 2 * min(ap["n_a"], ap["n_b"]) / SE_TARGET**2)

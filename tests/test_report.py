@@ -541,4 +541,6 @@ def test_bench_targets_reads_the_headline_and_each_main_contrast_from_summary(tw
     # T-Head - parallel (ATSS, AF): 33.0 - 30.0; SE = sqrt(0.5/2 + 0.5/2) = 0.71 > 0.5
     assert out[1].startswith("t1_af_thead  Δ +3.00 ± 0.71 (SE, n 2/2; paper +1.9) verdict ")
     assert out[1].endswith("SE ≤ 0.5 NOT met")
-    assert len(out) == 7 and out[-1].endswith("about 4 (worst contrast)")  # 0.71² · 2 / 0.5²
+    # seed 0: 33.5 - 30.5, seed 1: 32.5 - 29.5: the same +3.0 twice, so the paired SE is 0
+    assert out[2].endswith("paired by seed (information only): Δ +3.00 ± 0.00, n 2")
+    assert len(out) == 12 and out[-1].endswith("about 4 (worst contrast)")  # 0.71² · 2 / 0.5²
