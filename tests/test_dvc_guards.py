@@ -3,7 +3,6 @@ the check re-runs nothing downstream for nothing, and a user's COCO folder is ne
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from coco_quirks import TRAIN_ANN, TRAIN_IMAGES, VAL_ANN, VAL_IMAGES, make_quirky_coco, snapshot
-from test_end_to_end import _copy_repo, _tiny_profile
+from test_end_to_end import make_tiny_repo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,15 +32,7 @@ def _dvc(args: list[str], repo: Path, env: dict) -> tuple[int, str, set[str], fl
 def repo(tmp_path_factory) -> tuple[Path, dict]:
     """A tiny-profile copy of the repo in which `dvc repro data` has run once."""
     repo = tmp_path_factory.mktemp("guards")
-    _copy_repo(repo)
-    _tiny_profile(repo)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # stage `python` = this venv
-    env.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", PYTHONPATH=str(repo))
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
-    subprocess.run([*git, "commit", "-qm", "tiny"], cwd=repo, check=True)
+    env = make_tiny_repo(repo)
     code, log, ran, _ = _dvc(["repro", "data"], repo, env)
     assert code == 0 and ran == {"check_params", "data"}, log
     return repo, env

@@ -69,9 +69,8 @@ def _run(args: list[str], repo: Path, env: dict) -> str:
     return proc.stdout + proc.stderr
 
 
-@pytest.fixture(scope="module")
-def pipeline_repo(tmp_path_factory) -> tuple[Path, dict]:
-    repo = tmp_path_factory.mktemp("repo")
+def make_tiny_repo(repo: Path) -> dict:
+    """A committed git copy of the repo on the tiny profile in `repo`; returns the env to run DVC in."""
     _copy_repo(repo)
     _tiny_profile(repo)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "DVC_"))}
@@ -81,6 +80,13 @@ def pipeline_repo(tmp_path_factory) -> tuple[Path, dict]:
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
     subprocess.run([*git, "commit", "-qm", "tiny"], cwd=repo, check=True)
+    return env
+
+
+@pytest.fixture(scope="module")
+def pipeline_repo(tmp_path_factory) -> tuple[Path, dict]:
+    repo = tmp_path_factory.mktemp("repo")
+    env = make_tiny_repo(repo)
     _run([sys.executable, "-m", "dvc", "repro"], repo, env)
     return repo, env
 
