@@ -62,7 +62,8 @@ def source_tree(rev: str):
 def save_fixed_batch(path: Path, params: Path, epoch_phase: str) -> None:
     """The first batch of the train split (this tree's loader, seed 0) at the phase's epoch, to `path`."""
     from tood.config import HEADLINE, load_run_config
-    from tood.train import build_dataset, set_loader_epoch, train_loader
+    from tood.data.dataset import build_dataset
+    from tood.engine.loop import set_loader_epoch, train_loader
 
     cfg = load_run_config(params, HEADLINE)
     dataset = build_dataset(cfg, None, train=True)
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def print_amp_verdict(figures: dict) -> None:
-    from tood.train import resolve_amp
+    from tood.engine.runtime import resolve_amp
 
     auto = resolve_amp("auto", torch.device("cpu"))
     ratio = figures["ratio_median"]

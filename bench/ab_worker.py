@@ -2,7 +2,9 @@
 
 bench/ab.py starts this file twice, with PYTHONPATH set to two source trees (today's and an older git
 rev checked out by `git worktree`), so it imports nothing from bench/ and only the tood API that every
-compared rev has: config.load_params / resolve_run_config, train.build_state / train_step, data.Batch.
+compared rev has: config.load_params / resolve_run_config, build_state, train_step, seed_everything and Batch
+(`tood_api`: in tood/engine/ and tood/data/ since the move into subpackages, in tood/train.py and
+tood/data.py before it).
 
 Protocol (stdout lines starting with "@@" are JSON; anything else the code prints is passed through):
     start   -> @@{"ready": true, "tood": <path of the tood package>, "amp": ..., "losses": {...}}
@@ -50,15 +52,28 @@ def load_config(params_path: Path, sets: list[str]):
 
 
 def freeze_like_recipe(detector, frozen_stages: int) -> None:
-    """No gradients for the stem + first `frozen_stages` stages, as tood.backbone does when pretrained."""
+    """No gradients for the stem + first `frozen_stages` stages, as tood.model.backbone does when pretrained."""
     body = detector.backbone.body
     for module in [body.stem, *body.stages[: max(frozen_stages, 0)]] if frozen_stages >= 0 else []:
         module.requires_grad_(False)
 
 
-def load_batch(path: Path):
-    from tood.data import Batch
+def tood_api():
+    """(build_state, train_step, seed_everything, Batch) from whichever layout the rev on sys.path has."""
+    try:
+        from tood.data.dataset import Batch
+        from tood.engine.loop import train_step
+        from tood.engine.runtime import seed_everything
+        from tood.engine.train import build_state
+    except ModuleNotFoundError:  # a rev before tood/ became subpackages: one flat package
+        from tood.train import build_state, seed_everything, train_step
 
+        from tood.data import Batch
+    return build_state, train_step, seed_everything, Batch
+
+
+def load_batch(path: Path):
+    Batch = tood_api()[3]
     saved = torch.load(path, weights_only=True)
     batch = Batch(saved["images"], saved["gt_boxes"], saved["gt_labels"], saved["gt_mask"])
     return batch, int(saved["num_classes"])
@@ -67,8 +82,7 @@ def load_batch(path: Path):
 def timed_steps(state, batch, cfg, device, steps: int) -> tuple[list[float], list[float], dict]:
     """(wall ms per step, process CPU ms per step (all threads), last losses). On a shared machine the CPU
     time is the steadier figure: waiting for a core does not count, only the work (and OpenMP spinning)."""
-    from tood.train import train_step
-
+    train_step = tood_api()[1]
     wall, cpu, losses = [], [], {}
     for _ in range(steps):
         start, start_cpu = time.perf_counter(), time.process_time()
@@ -93,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     import tood
-    from tood.train import build_state, seed_everything
+
+    build_state, _, seed_everything, _ = tood_api()
 
     cfg, pretrained = load_config(args.params, args.set)
     batch, num_classes = load_batch(args.batch)

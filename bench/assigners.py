@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from tood.assigners import atss_assign, tal_assign
+from tood.model.assigners import atss_assign, tal_assign
 
 STRIDES = (8, 16, 32, 64, 128)
 PRIOR_SETS = {"8.5k": (640, 640), "22k": (800, 1344)}  # padded (H, W)

@@ -1,8 +1,8 @@
 """Calibrate the `shapes` default: what the detector learns (AP) and the seed noise, against data and budget.
 
 Every cell of the study is params.yaml with some keys overridden (`--set key=v1,v2,...`; several --set
-give their cartesian product); each (cell, variant, seed) is trained with tood.train.train on a dataset
-generated for the cell's `shapes` section, evaluated on its val split with tood.inference, and appended
+give their cartesian product); each (cell, variant, seed) is trained with tood.engine.train.train on a dataset
+generated for the cell's `shapes` section, evaluated on its val split with tood.engine.inference, and appended
 as one row to the study's CSV (a re-run skips the rows it has: a killed study continues). `--report`
 turns the CSV into a markdown table (mean ± std over seeds, the SE of each variant's mean and of the
 difference to a reference variant) and a figure of AP against one swept key.
@@ -80,7 +80,7 @@ def dataset_root(work: Path, shapes_cfg) -> Path:
     """Generate (once) the dataset of a `shapes` config under work/data/<hash of the config>."""
     import dataclasses
 
-    from tood.shapes import generate
+    from tood.data.shapes import generate
 
     key = hashlib.sha256(json.dumps(dataclasses.asdict(shapes_cfg), sort_keys=True).encode()).hexdigest()[:12]
     root = work / "data" / key
@@ -93,8 +93,8 @@ def dataset_root(work: Path, shapes_cfg) -> Path:
 def run_one(params: dict, variant: str, seed: int, work: Path, where: str) -> dict:
     """Train and evaluate one (cell, variant, seed); returns its metrics and cost."""
     from tood.config import resolve_run_config
-    from tood.inference import evaluate_checkpoint
-    from tood.train import train
+    from tood.engine.inference import evaluate_checkpoint
+    from tood.engine.train import train
 
     cfg = resolve_run_config(params, variant, where=where)
     root = dataset_root(work, cfg.shapes)

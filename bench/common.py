@@ -63,7 +63,7 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "am
 
 def cpu_summary() -> dict:
     """CPU model, the CPU_FLAGS it has, torch's kernel capability and the `auto` precision rule's input."""
-    from tood.train import cpu_has_native_bf16
+    from tood.engine.runtime import cpu_has_native_bf16
 
     model, flags = platform.processor() or platform.machine(), set()
     cpuinfo = Path("/proc/cpuinfo")

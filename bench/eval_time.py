@@ -1,11 +1,11 @@
 """Where evaluation time goes: model forward, post-processing, alignment stats and COCOeval.
 
 Setting: a trained checkpoint (default runs/tood/seed0/last.pt, the headline run of the default
-profile) over the val split of --params, loaded and run as tood.inference.evaluate_checkpoint does
+profile) over the val split of --params, loaded and run as tood.engine.inference.evaluate_checkpoint does
 (model and test-score rule from the checkpoint's config, data and eval settings from params.yaml,
 loader of eval.batch_size, no flips). Two timed passes after one untimed forward:
 
-  1. end to end: tood.inference.run_inference, then tood.evaluate.coco_eval on its results: what the
+  1. end to end: tood.engine.inference.run_inference, then tood.engine.evaluate.coco_eval on its results: what the
      pipeline's evaluate stage pays per seed (less MLflow logging).
   2. split: the calls run_inference makes per batch, with a timestamp between them (after
      torch.cuda.synchronize on CUDA): data (loader + move to the device), forward (detector(images)),
@@ -28,10 +28,9 @@ import torch
 
 from bench.common import PhaseClock, choose_device, print_table, setting_line, sync, write_json
 from tood.config import HEADLINE, load_run_config
-from tood.data import build_loader
-from tood.evaluate import coco_eval, detections_to_coco, summarize_alignment
-from tood.inference import image_alignment, load_detector, run_inference, test_scores, uses_centerness
-from tood.train import build_dataset
+from tood.data.dataset import build_dataset, build_loader
+from tood.engine.evaluate import coco_eval, detections_to_coco, summarize_alignment
+from tood.engine.inference import image_alignment, load_detector, run_inference, test_scores, uses_centerness
 
 SPLIT_PHASES = ("data", "forward", "postprocess", "to_coco", "alignment")
 LABELS = {

@@ -2,7 +2,7 @@
 
 Each stage's time is the gap between DVC's "Running stage" lines (the last one ends when dvc exits), so it
 includes DVC's own hashing and lock writing. Inside it, the stage prints `timing: {json}` lines
-(tood.train.print_timing):
+(tood.engine.runtime.print_timing):
   train     startup_s      process start -> first training step (imports, MLflow set-up, model, data cache);
                            startup_cpu_s: the process's CPU seconds by then
             train_steps_s  time inside train_step: the training compute

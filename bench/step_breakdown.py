@@ -1,6 +1,6 @@
 """Where a training step's time goes: data, backbone+FPN, head, assignment, loss, backward, optimizer.
 
-The step is tood.train.train_step + Detector.compute_loss taken apart, with the same calls in the same
+The step is tood.engine.loop.train_step + Detector.compute_loss taken apart, with the same calls in the same
 order and a timestamp between phases (after torch.cuda.synchronize on CUDA):
   data          next batch from the loader, moved to the device (+ channels_last), GTs included
   backbone+fpn  detector.backbone(images), under autocast when --amp is bf16/fp16
@@ -10,17 +10,17 @@ order and a timestamp between phases (after torch.cuda.synchronize on CUDA):
                 one sync point)
   backward      zero_grad + (scaled) loss.backward()
   optimizer     (grad clip when optim.grad_clip > 0) + SGD step through the GradScaler
-Models, optimizer and scaler come from tood.train.build_state, the lr from tood.train.schedule_lr.
+Models, optimizer and scaler come from tood.engine.train.build_state, the lr from tood.engine.loop.schedule_lr.
 
 Settings (--setting):
   default  the headline `tood` variant of params.yaml (tood.config.load_run_config), the real shapes train
-           split (data/shapes, from `dvc repro data`) through tood.train.train_loader, batch 16
+           split (data/shapes, from `dvc repro data`) through tood.engine.loop.train_loader, batch 16
            (train.batch_size; cache_images is preloaded first, as a run pays it once).
   r50      the COCO recipe's model (profiles/coco.yaml: R-50, FPN 256, T-Head, 80 classes) with
            `pretrained: none`: ImageNet weights cannot be downloaded here, and the values of the weights
            do not change the work done. profiles/coco.yaml's `norm: frozen_bn` is kept, so every backbone
            BN is a FrozenBatchNorm2d, the recipe's per-channel affine (an identity one from scratch; same
-           cost). Because tood.backbone only freezes stages when pretrained, --freeze recipe (the default
+           cost). Because tood.model.backbone only freezes stages when pretrained, --freeze recipe (the default
            here) sets requires_grad off for the stem + the first `frozen_stages` stages, as the recipe has
            them; --freeze none trains the whole backbone. --norm bn measures trainable BatchNorm instead,
            whose batch statistics cost more in forward and backward. The data are SYNTHETIC: per image
@@ -51,22 +51,15 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from bench.common import PhaseClock, choose_device, cpu_summary, print_table, setting_line, write_json
-from tood.assigners import choose_assigner
-from tood.backbone import NO_WEIGHTS
 from tood.config import HEADLINE, ModelConfig, RunConfig, load_params, resolve_data_root, resolve_run_config
-from tood.data import Batch
-from tood.detector import Detector
-from tood.heads import HeadOutput
-from tood.train import (
-    AMP_DTYPES,
-    TrainState,
-    build_dataset,
-    build_state,
-    schedule_lr,
-    seed_everything,
-    set_loader_epoch,
-    train_loader,
-)
+from tood.data.dataset import Batch, build_dataset
+from tood.engine.loop import TrainState, schedule_lr, set_loader_epoch, train_loader
+from tood.engine.runtime import AMP_DTYPES, seed_everything
+from tood.engine.train import build_state
+from tood.model.assigners import choose_assigner
+from tood.model.backbone import NO_WEIGHTS
+from tood.model.detector import Detector
+from tood.model.heads import HeadOutput
 
 PHASES = ("data", "backbone+fpn", "head", "assign", "loss", "backward", "optimizer")
 COCO_CLASSES = 80
@@ -121,7 +114,7 @@ def synthetic_batches(cfg: RunConfig, seed: int) -> Iterator[Batch]:
     Hp, Wp = -(-H // div) * div, -(-W // div) * div
     size = torch.tensor([W, H], dtype=torch.float32)
     while True:
-        images = torch.zeros(B, 3, Hp, Wp)  # (B, 3, Hp, Wp) zero padding, as tood.data.collate
+        images = torch.zeros(B, 3, Hp, Wp)  # (B, 3, Hp, Wp) zero padding, as tood.data.dataset.collate
         images[:, :, :H, :W] = torch.randn(B, 3, H, W, generator=gen)
         centres = torch.rand(B, G, 2, generator=gen) * size  # (B, G, 2)
         wh = 4 + torch.rand(B, G, 2, generator=gen) * size / 2
@@ -132,7 +125,7 @@ def synthetic_batches(cfg: RunConfig, seed: int) -> Iterator[Batch]:
 
 
 def freeze_like_recipe(detector: Detector, frozen_stages: int) -> None:
-    """What tood.backbone does with pretrained weights: no gradients for the stem + first stages [R]."""
+    """What tood.model.backbone does with pretrained weights: no gradients for the stem + first stages [R]."""
     body = detector.backbone.body
     frozen = [body.stem, *body.stages[: max(frozen_stages, 0)]] if frozen_stages >= 0 else []
     for module in frozen:

@@ -4,7 +4,7 @@
 
 Targets (issue 10): the headline `tood` reaches a mean AP of at least 30 (goal; 15 at the least) over at least
 3 seeds, and each main contrast has SE(Δ) = sqrt(sa²/na + sb²/nb) of at most 0.5 AP with at least 3 seeds a
-side. Every figure comes from reports/summary.json (tood.report.build_summary), which the `tabulate` stage
+side. Every figure comes from reports/summary.json (tood.report.tables.build_summary), which the `tabulate` stage
 writes from the metrics files of the runs it just tabulated; nothing is recomputed or typed in here.
 --grid-time adds the wall time and compute share that bench.grid_time measured for that repro.
 
@@ -21,7 +21,7 @@ import json
 import statistics
 from pathlib import Path
 
-from tood.paper import ABLATIONS
+from tood.report.paper import ABLATIONS
 
 HEADLINE_GOAL, HEADLINE_FLOOR, SE_TARGET, MIN_SEEDS = 30.0, 15.0, 0.5, 3
 MAIN_CONTRASTS = ("t1_af_thead", "t1_ab_thead", "t2_tal", "t3_af_tood", "t3_ab_tood")

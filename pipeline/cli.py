@@ -2,7 +2,7 @@
 
 Each script ends with `run(main)` instead of `main()`. `main(argv)` itself raises normally, so tests and
 other Python callers see the real exception; only the command line turns ConfigError (tood.config),
-DataError (tood.data) and CliError (a bad argument: a missing checkpoint, an output folder inside the
+DataError (tood.data.dataset) and CliError (a bad argument: a missing checkpoint, an output folder inside the
 input) into `<module>: error: <message>` on stderr, with no traceback. Anything else is a bug and keeps
 its traceback.
 
@@ -25,12 +25,12 @@ class CliError(Exception):
 
 
 def is_user_error(exc: BaseException) -> bool:
-    """ConfigError, CliError, or tood.data.DataError.
+    """ConfigError, CliError, or tood.data.dataset.DataError.
 
-    DataError is found through sys.modules rather than imported: tood.data imports torch, which would undo
+    DataError is found through sys.modules rather than imported: tood.data.dataset imports torch, which would undo
     the lazy imports, and an exception of that class can only exist once its module has been loaded.
     """
-    data = sys.modules.get("tood.data")
+    data = sys.modules.get("tood.data.dataset")
     kinds = (ConfigError, CliError, *((data.DataError,) if data is not None else ()))
     return isinstance(exc, kinds)
 

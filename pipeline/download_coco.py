@@ -10,7 +10,7 @@ import logging
 import sys
 
 from pipeline.cli import run
-from tood.download import COCO_BASE_URL, DownloadError, UnsafeArchiveError, prepare_coco2017
+from tood.data.download import COCO_BASE_URL, DownloadError, UnsafeArchiveError, prepare_coco2017
 
 
 def main(argv: list[str] | None = None) -> int:

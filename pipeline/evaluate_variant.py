@@ -6,7 +6,7 @@ Each seed's metrics are added to that seed's training MLflow run (runs/<variant>
 The file holds the mean over seeds at the top level, "std" (sample std, ddof=1; 0 for one seed),
 "seeds" (per-seed values + mlflow_run_id), "setting" (what the numbers were measured under) and
 "complexity" (Table 1's params and GFLOPs of the trained model, at the run's input and at the paper's
-configuration; tood.complexity). The seeds are the variant's own (`variants.<name>.seeds`) or the
+configuration; tood.report.complexity). The seeds are the variant's own (`variants.<name>.seeds`) or the
 top-level list.
 """
 
@@ -19,8 +19,8 @@ import statistics
 from pathlib import Path
 
 from pipeline.cli import run
-from tood import tracking
 from tood.config import RunConfig, load_run_config
+from tood.engine import tracking
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,8 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     cfg = load_run_config(args.params, args.variant)
-    from tood.complexity import checkpoint_complexity  # torch + pycocotools: after parsing (fast --help)
-    from tood.inference import evaluate_checkpoint
+    from tood.engine.inference import evaluate_checkpoint
+    from tood.report.complexity import (
+        checkpoint_complexity,  # torch + pycocotools: after parsing (fast --help)
+    )
 
     tracking.configure_tracking()
     complexity = checkpoint_complexity(args.runs / f"seed{cfg.seeds[0]}" / "last.pt")  # same model every seed
@@ -62,7 +64,7 @@ def log_to_run(cfg: RunConfig, seed: int, run_id: str, metrics: dict, complexity
 def aggregate(cfg: RunConfig, per_seed: dict[str, dict]) -> dict:
     """Mean and sample std over the seeds that define a metric; one that no seed defines (None or NaN, e.g.
     an alignment metric without error detections) becomes null."""
-    from tood.evaluate import ALIGN_KEYS, COCO_KEYS
+    from tood.engine.evaluate import ALIGN_KEYS, COCO_KEYS
 
     mean, std = {}, {}
     for key in (*COCO_KEYS, *ALIGN_KEYS):

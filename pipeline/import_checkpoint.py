@@ -3,7 +3,7 @@
     python -m pipeline.import_checkpoint SRC DST [--params profiles/coco.yaml] [--anchor free|based]
                                          [--evaluate METRICS_JSON [--data-root DIR]]
 
-DST is a checkpoint for tood.inference.load_detector and `pipeline.predict --checkpoint DST`: the converted
+DST is a checkpoint for tood.engine.inference.load_detector and `pipeline.predict --checkpoint DST`: the converted
 weights, the --params headline config with the source's head and anchor type (and nothing to download),
 and COCO's 80 category ids and names. A source tensor without a place in our model, one of ours missing
 from the source, or a shape mismatch ends the command with exit status 1 and names the keys.
@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch  # after parsing, so --help is fast
 
-    from tood.inference import config_from_checkpoint, evaluate_checkpoint
-    from tood.mmdet_import import CheckpointImportError, import_checkpoint, load_source
+    from tood.engine.inference import config_from_checkpoint, evaluate_checkpoint
+    from tood.model.mmdet_import import CheckpointImportError, import_checkpoint, load_source
 
     try:
         ckpt = import_checkpoint(

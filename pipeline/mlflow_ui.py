@@ -5,7 +5,7 @@
 
 The printed link asks for the model-training view (`?workflowType=machine_learning`: MLflow 3.17/3.18
 open a fresh browser in the GenAI view whatever the experiment's tags say) and for the runs-table view
-with AP, head, assigner, anchor, alpha and beta columns (tood/tracking.py). The server runs with
+with AP, head, assigner, anchor, alpha and beta columns (tood/engine/tracking.py). The server runs with
 one worker and no job runner (~0.5 GB instead of 2.8 GB); Ctrl-C stops it. If MLFLOW_TRACKING_URI
 names a server already, this only prints the link into it.
 """
@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from tood import tracking
+from tood.engine import tracking
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ Writes <out>/<file name> (each image with its labelled boxes) and <out>/detectio
 [{image_id, file_name, category_id, category_name, bbox [x, y, w, h], score}] where image_id is the
 image's index in sorted file-name order among the readable images. Images go through the same
 resize/normalise code as training (a temporary COCO file describing the folder is handed to
-tood.data.CocoDetection).
+tood.data.dataset.CocoDetection).
 
 The input folder is never written to: --out may not be it, lie inside it, or resolve to it through a
 symlink, and each output file replaces its path instead of writing through a link. An image that cannot
@@ -54,8 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--score-thr", type=float, default=0.3, help="keep detections scoring at least this")
     args = parser.parse_args(argv)
     check_paths(args.checkpoint, args.images, args.out)
-    from tood.inference import load_detector  # torch: after parsing, so --help and path errors are fast
-    from tood.train import pick_device
+    from tood.engine.inference import (
+        load_detector,  # torch: after parsing, so --help and path errors are fast
+    )
+    from tood.engine.runtime import pick_device
 
     ckpt = load_checkpoint(args.checkpoint)
     detector, cfg = load_detector(ckpt, pick_device(), where=str(args.checkpoint))
@@ -136,8 +138,8 @@ def predict(
 
     Post-processing is the evaluation one (cfg.eval) with its score threshold replaced by `score_thr`.
     """
-    from tood.data import CocoDetection, build_loader
-    from tood.inference import run_inference, uses_centerness
+    from tood.data.dataset import CocoDetection, build_loader
+    from tood.engine.inference import run_inference, uses_centerness
 
     with tempfile.TemporaryDirectory() as tmp:
         ann_file = Path(tmp) / "images.json"

@@ -4,11 +4,11 @@
         [--stats-md reports/data_stats.md] [--stats-png reports/figures/data_stats.png]
 
 data.dataset:
-  shapes    generates the embedded synthetic set (tood/shapes.py) into data.root, which must be a new or
+  shapes    generates the embedded synthetic set (tood/data/shapes.py) into data.root, which must be a new or
             empty folder or one the generator made (it refuses any other, naming it);
-  coco2017  downloads, verifies and extracts the official archives into data.root (tood/download.py);
+  coco2017  downloads, verifies and extracts the official archives into data.root (tood/data/download.py);
   coco      your own COCO-format folder at data.root (data.train_images, data.train_ann, data.val_images,
-            data.val_ann): validated and hashed, never written to (tood/coco_folder.py).
+            data.val_ann): validated and hashed, never written to (tood/data/coco_folder.py).
 Either way DVC tracks only the small manifest, never the image tree (a 120k-file dep makes every `dvc repro`
 status check take seconds per stage).
 """
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.data.dataset == "shapes":
         _generate_shapes(cfg, root, manifest, where=args.params)
     elif cfg.data.dataset == "coco2017":
-        from tood.download import prepare_coco2017
+        from tood.data.download import prepare_coco2017
 
         prepare_coco2017(root, manifest_path=manifest, archives_dir=args.archives_dir)
     else:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _generate_shapes(cfg: RunConfig, root: Path, manifest: Path, where: str) -> None:
-    from tood.shapes import ForeignFolderError, generate, write_manifest
+    from tood.data.shapes import ForeignFolderError, generate, write_manifest
 
     try:
         generate(cfg.shapes, root)
@@ -73,7 +73,7 @@ def _generate_shapes(cfg: RunConfig, root: Path, manifest: Path, where: str) -> 
 
 def _check_own_coco(cfg: RunConfig, root: Path, splits: dict, manifest: Path, where: str) -> dict[str, dict]:
     """Validate and hash the user's folder; write the manifest outside it. Returns {split: check_split}."""
-    from tood.coco_folder import check_split, folder_manifest
+    from tood.data.coco_folder import check_split, folder_manifest
 
     if not root.is_dir():
         raise ConfigError(
@@ -98,9 +98,9 @@ def _check_own_coco(cfg: RunConfig, root: Path, splits: dict, manifest: Path, wh
 
 def _write_report(dataset: str, root: Path, splits: dict, checks, md: str, png: str) -> None:
     """reports/data_stats.md + figure for any dataset; the user's folder gets its own validation section."""
-    from tood.coco_folder import stats_ready, validation_markdown
-    from tood.data import load_coco
-    from tood.shapes import dataset_stats, write_stats
+    from tood.data.coco_folder import stats_ready, validation_markdown
+    from tood.data.dataset import load_coco
+    from tood.data.shapes import dataset_stats, write_stats
 
     stats = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,4 +1,4 @@
-"""Stage `pretrain`: train our stand-in for ImageNet once (tood/pretrain.py) -> the backbone every run loads.
+"""Stage `pretrain`: train our stand-in for ImageNet once (tood/engine/pretrain.py) -> the backbone every run loads.
 
     python -m pipeline.pretrain_backbone --params params.yaml --out runs/pretrain/backbone.pt \
         --metrics reports/pretrain.json
@@ -46,14 +46,14 @@ def pretrain(cfg, out: Path) -> dict:
     import mlflow
     import torch
 
-    from tood import tracking
-    from tood.pretrain import make_crops, save_backbone, train_classifier
-    from tood.train import AMP_DTYPES, resolve_amp
+    from tood.engine import tracking
+    from tood.engine.pretrain import make_crops, save_backbone, train_classifier
+    from tood.engine.runtime import AMP_DTYPES, resolve_amp
 
     p = cfg.pretrain
     tracking.configure_tracking()
     train, val = (make_crops(p, split, cfg.shapes.jpeg_quality) for split in ("train", "val"))
-    precision = resolve_amp(cfg.train.amp, torch.device("cpu"))  # tood.pretrain trains on the CPU
+    precision = resolve_amp(cfg.train.amp, torch.device("cpu"))  # tood.engine.pretrain trains on the CPU
     print(f"pretrain: train.amp {cfg.train.amp} -> {precision}")
     name = f"pretrain r{cfg.model.depth} {p.num_classes}-way / seed{p.seed}"
     with mlflow.start_run(run_name=name, tags={"variant": "pretrain", "seed": str(p.seed)}):

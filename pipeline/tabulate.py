@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--summary", default="reports/summary.json", type=Path, help="summary JSON to write")
     parser.add_argument("--figures", default="reports/figures", type=Path, help="folder for the PNG figures")
     args = parser.parse_args(argv)
-    from tood.report import tabulate  # matplotlib: after parsing, so --help is fast
-    from tood.results import ReportError
+    from tood.report.results import ReportError
+    from tood.report.tables import tabulate  # matplotlib: after parsing, so --help is fast
 
     try:
         params = load_params(args.params)  # a ConfigError goes to pipeline.cli.run: one line, exit 2

@@ -4,9 +4,9 @@
         --curves reports/curves/tood.csv
     torchrun --nproc-per-node 2 -m pipeline.train_variant --variant tood --out runs/tood   # DDP
 
-Re-running resumes each seed from its last.pt; finished seeds are skipped (tood.train.train). With
+Re-running resumes each seed from its last.pt; finished seeds are skipped (tood.engine.train.train). With
 --work-dir (what dvc.yaml passes) each seed trains in its own folder there, keyed by its settings, and
-is then copied into --out, which DVC may delete before a re-run (tood.train.train_published).
+is then copied into --out, which DVC may delete before a re-run (tood.engine.train.train_published).
 --curves writes the seed-mean loss curve (steps every seed logged) for `dvc plots`.
 """
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch  # after parsing and the config check: --help and a bad params.yaml answer at once
     import torch.distributed as dist
 
-    from tood.train import train, train_published
+    from tood.engine.train import train, train_published
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
     if distributed:  # launched by torchrun: NCCL on GPU, gloo on CPU

@@ -3,7 +3,7 @@
     python tests/ddp_worker.py CONFIG_JSON DATA_ROOT OUT_DIR LR          # one process
     torchrun --standalone --nproc-per-node 2 tests/ddp_worker.py ...    # two gloo ranks
 
-Trains `epochs` epochs with the real tood.train pieces (build_state, train_loader, set_loader_epoch,
+Trains `epochs` epochs with the real tood.engine.train pieces (build_state, train_loader, set_loader_epoch,
 schedule_lr, train_step); LR "schedule" uses the configured schedule, a number fixes the lr (0 keeps
 the weights where they are). Saves, per step, the logged (rank-averaged) losses, the gradients every rank holds after
 DDP's all-reduce, and the image ids of this rank's slice; plus the final weights. Written to
@@ -20,16 +20,10 @@ import torch
 import torch.distributed as dist
 
 from tood.config import RunConfig
-from tood.train import (
-    _setup_determinism,
-    build_dataset,
-    build_state,
-    dist_info,
-    schedule_lr,
-    set_loader_epoch,
-    train_loader,
-    train_step,
-)
+from tood.data.dataset import build_dataset
+from tood.engine.loop import schedule_lr, set_loader_epoch, train_loader, train_step
+from tood.engine.runtime import dist_info, setup_determinism
+from tood.engine.train import build_state
 
 
 def main(config_json: str, data_root: str, out_dir: str, lr: str) -> None:
@@ -38,7 +32,7 @@ def main(config_json: str, data_root: str, out_dir: str, lr: str) -> None:
     rank, world = dist_info()
     cfg = RunConfig.load(config_json)
     seed = cfg.seeds[0]
-    _setup_determinism(seed, num_threads=1)
+    setup_determinism(seed, num_threads=1)
     dataset = build_dataset(cfg, Path(data_root), train=True)
     state = build_state(cfg, dataset.num_classes, torch.device("cpu"), world, None)
     loader = train_loader(

@@ -1,4 +1,4 @@
-"""mmdetection-side test material, written here independently of tood/mmdet_import.py.
+"""mmdetection-side test material, written here independently of tood/model/mmdet_import.py.
 
 1. State dicts carrying mmdetection's key names and shapes, spelled out from mmdet's documented module
    structure: ResNet (mmdet/models/backbones/resnet.py: conv1, bn1, layer{i}.{b}.conv/bn, downsample.0/1),

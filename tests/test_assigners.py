@@ -1,4 +1,4 @@
-"""Tests of tood/assigners.py: hand-worked answers, parity with a slow per-GT loop, invariants.
+"""Tests of tood/model/assigners.py: hand-worked answers, parity with a slow per-GT loop, invariants.
 
 The slow references below are written straight from reference/tood.md §3(b) and §3(d): one image and
 one GT at a time, in Python floats (float64), so they share no code with the batched functions.
@@ -12,14 +12,14 @@ import statistics
 import pytest
 import torch
 
-from tood.assigners import alignment_metric, atss_assign, choose_assigner, tal_assign
-from tood.boxes import pairwise_iou
+from tood.model.assigners import alignment_metric, atss_assign, choose_assigner, tal_assign
+from tood.model.boxes import pairwise_iou
 
 # ---------------------------------------------------------------------------------------------- priors
 
 
 def make_grid(sizes, strides, octave_scale=8):
-    """points (A, 2) at (j*s, i*s), 8s square anchors (A, 4) and A_l, as tood/priors.py defines them."""
+    """points (A, 2) at (j*s, i*s), 8s square anchors (A, 4) and A_l, as tood/model/priors.py defines them."""
     points, anchors = [], []
     for (h, w), s in zip(sizes, strides):
         ys, xs = torch.meshgrid(torch.arange(h) * float(s), torch.arange(w) * float(s), indexing="ij")

@@ -7,8 +7,14 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from tood.backbone import FPN, PretrainedBackboneError, ResNetC3C5, WeightsUnavailableError, build_backbone
 from tood.config import ModelConfig
+from tood.model.backbone import (
+    FPN,
+    PretrainedBackboneError,
+    ResNetC3C5,
+    WeightsUnavailableError,
+    build_backbone,
+)
 
 STRIDES = (8, 16, 32, 64, 128)
 
@@ -111,9 +117,9 @@ def test_bf16_autocast_p6_p7_gradients_stay_finite_on_1x1_maps():
 
 
 def _pretrain_checkpoint(path, depth=18, seed=0):
-    """A checkpoint as the `pretrain` stage writes it (tood.pretrain.save_backbone), from a random classifier."""
+    """A checkpoint as the `pretrain` stage writes it (tood.engine.pretrain.save_backbone), from a random classifier."""
     from tood.config import PretrainConfig
-    from tood.pretrain import build_classifier, save_backbone
+    from tood.engine.pretrain import build_classifier, save_backbone
 
     torch.manual_seed(seed)
     classifier = build_classifier(depth, 12)

@@ -24,9 +24,9 @@ from PIL import Image
 from pycocotools.cocoeval import COCOeval
 
 from pipeline.prepare_data import main as prepare_data
-from tood.coco_folder import check_split
 from tood.config import ConfigError
-from tood.data import CocoDetection, DataError, collate
+from tood.data.coco_folder import check_split
+from tood.data.dataset import CocoDetection, DataError, collate
 
 MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 
@@ -88,7 +88,7 @@ def test_manifest_follows_the_content_of_the_files(tmp_path, quirky):
 
 
 def test_training_targets_and_evaluation_ground_truth(quirky, caplog):
-    with caplog.at_level(logging.WARNING, logger="tood.data"):
+    with caplog.at_level(logging.WARNING, logger="tood.data.dataset"):
         train, val = _dataset(quirky, "train"), _dataset(quirky, "val")
     assert "annotation id 24 (image id 11): negative width/height" in caplog.text
     assert train.cat_ids == [3, 17, 90] and train.class_names == ["car", "cat", "toothbrush"]

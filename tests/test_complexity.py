@@ -10,9 +10,11 @@ import pytest
 import torch
 from test_report import FAKE_COMPLEXITY, make_inputs, run_tabulate, section  # the report tests' fake inputs
 
-import tood.backbone
-from tood import paper
-from tood.complexity import (
+import tood.model.backbone
+from tood.config import DataConfig, ModelConfig, RunConfig
+from tood.model.detector import Detector
+from tood.report import paper
+from tood.report.complexity import (
     NO_WEIGHTS,
     checkpoint_complexity,
     measure,
@@ -20,8 +22,6 @@ from tood.complexity import (
     run_complexity,
     run_input_hw,
 )
-from tood.config import DataConfig, ModelConfig, RunConfig
-from tood.detector import Detector
 
 TINY = ModelConfig(depth=18, fpn_channels=16, gn_groups=4, stacked_convs=2, head="parallel")
 LOADS_WEIGHTS = "imagenet"  # a `model.pretrained` value that would fetch
@@ -67,7 +67,7 @@ def test_counting_loads_no_weights_and_counts_what_the_recipe_freezes(monkeypatc
     def no_weights(pretrained: str, depth: int) -> None:
         assert pretrained == NO_WEIGHTS, f"complexity counting asked the backbone for weights: {pretrained}"
 
-    monkeypatch.setattr(tood.backbone, "pretrained_state_dict", no_weights)
+    monkeypatch.setattr(tood.model.backbone, "pretrained_state_dict", no_weights)
     cfg = RunConfig(
         variant="x", model=dataclasses.replace(TINY, pretrained=LOADS_WEIGHTS, frozen_stages=1),
         data=DataConfig(img_scale=(64, 64)),

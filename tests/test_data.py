@@ -1,4 +1,4 @@
-"""tood.data: COCO loading, resize/flip/normalise known answers, collate padding, seeded loader, bad input."""
+"""tood.data.dataset: COCO loading, resize/flip/normalise known answers, collate padding, seeded loader, bad input."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from pycocotools.cocoeval import COCOeval
 
-from tood.data import (
+from tood.data.dataset import (
     Batch,
     CocoDetection,
     DataError,

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-import tood.detector
+import tood.model.detector
 from tood.config import AssignConfig, EvalConfig, LossConfig, ModelConfig
-from tood.detector import Detector
-from tood.heads import HeadOutput
+from tood.model.detector import Detector
+from tood.model.heads import HeadOutput
 
 SMALL = ModelConfig(depth=18, fpn_channels=16, stacked_convs=2, gn_groups=4, la_reduction=4)
 IMAGE = (64, 64)  # padded size -> levels 8x8, 4x4, 2x2, 1x1, 1x1 = 86 priors
@@ -159,7 +159,7 @@ def test_loss_switches_from_atss_warmup_to_tal_by_explicit_epoch():
 @pytest.mark.parametrize("head", ["tood", "parallel"])
 @pytest.mark.parametrize("epoch", [0, 1], ids=["atss-warmup", "tal"])
 def test_bf16_autocast_forward_and_backward_stay_finite_with_fp32_assignment(head, epoch, monkeypatch):
-    """Mixed precision as tood.train runs it: the model under CPU bf16 autocast (channels_last), then
+    """Mixed precision as tood.engine.train runs it: the model under CPU bf16 autocast (channels_last), then
     assignment and losses in fp32 (reference/tood.md pitfall 6: beta=6 underflows in half precision)."""
     torch.manual_seed(0)
     cfg = dataclasses.replace(SMALL, head=head)
@@ -169,19 +169,19 @@ def test_bf16_autocast_forward_and_backward_stay_finite_with_fp32_assignment(hea
     gt_labels, gt_mask = torch.tensor([[1, 2], [0, 0]]), torch.tensor([[True, True], [True, False]])
     seen = []
     for name in ("tal_assign", "atss_assign"):
-        original = getattr(tood.detector, name)
+        original = getattr(tood.model.detector, name)
 
         def spy(*args, _original=original, **kwargs):
             seen.extend(a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point())
             assert not torch.is_autocast_enabled("cpu")
             return _original(*args, **kwargs)
 
-        monkeypatch.setattr(tood.detector, name, spy)
+        monkeypatch.setattr(tood.model.detector, name, spy)
 
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert detector.backbone(images)[0].dtype == torch.bfloat16  # autocast really is on
         out = detector(images)
-        with torch.autocast("cpu", enabled=False):  # as tood.train.compute_loss
+        with torch.autocast("cpu", enabled=False):  # as tood.engine.loop.compute_loss
             losses = detector.compute_loss(
                 out, gt_boxes, gt_labels, gt_mask, IMAGE, epoch=epoch,
                 assign_cfg=AssignConfig(assigner="tal", warmup_epochs=1), loss_cfg=LossConfig(),

@@ -19,7 +19,7 @@ import pytest
 import torch
 from test_train import make_tiny_coco, tiny_config  # the tiny COCO generator of the training tests
 
-from tood.train import build_state
+from tood.engine.train import build_state
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "ddp_worker.py"

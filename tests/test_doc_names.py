@@ -18,6 +18,6 @@ def test_every_python_m_command_in_code_and_docs_names_a_module_of_the_repo():
             continue
         for module in COMMAND.findall((REPO / rel).read_text(encoding="utf-8")):
             found.setdefault(module, rel)
-    assert "pipeline.prepare_data" in found  # tood/shapes.py writes it into reports/data_stats.md
+    assert "pipeline.prepare_data" in found  # tood/data/shapes.py writes it into reports/data_stats.md
     missing = {m: rel for m, rel in found.items() if not (REPO / (m.replace(".", "/") + ".py")).is_file()}
     assert not missing, missing

@@ -1,4 +1,4 @@
-"""tood/download.py against a local HTTP server on 127.0.0.1 serving small COCO-like archives made here."""
+"""tood/data/download.py against a local HTTP server on 127.0.0.1 serving small COCO-like archives made here."""
 
 import hashlib
 import io
@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from pipeline.download_coco import main
-from tood.download import (
+from tood.data.download import (
     Archive,
     ChecksumError,
     DownloadError,

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from pipeline.evaluate_variant import aggregate
-from tood.complexity import measure
 from tood.config import ModelConfig, load_params, resolve_run_config, variant_names
-from tood.evaluate import COCO_KEYS, alignment_stats, summarize_alignment
-from tood.report import tabulate
+from tood.engine.evaluate import COCO_KEYS, alignment_stats, summarize_alignment
+from tood.report.complexity import measure
+from tood.report.tables import tabulate
 
 REPO = Path(__file__).resolve().parents[1]
 FAILED = "DVC failed to load some metrics"

@@ -11,7 +11,7 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-from tood.evaluate import (
+from tood.engine.evaluate import (
     CORRECT,
     ERROR,
     IGNORED,

@@ -3,7 +3,7 @@ import torch
 from torchvision.ops import deform_conv2d
 
 from tood.config import ModelConfig
-from tood.heads import (
+from tood.model.heads import (
     HeadOutput,
     ParallelHead,
     TOODHead,
@@ -13,7 +13,7 @@ from tood.heads import (
     fallback_invalid,
     sample_at_offsets,
 )
-from tood.priors import make_priors
+from tood.model.priors import make_priors
 
 STRIDES = (8, 16, 32)
 SIZES = [(4, 6), (2, 3), (1, 2)]  # includes a 1-row map, as P7 has on small inputs

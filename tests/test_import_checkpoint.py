@@ -1,4 +1,4 @@
-"""Importing mmdetection / fcjian TOOD and mmdetection ATSS checkpoints (tood/mmdet_import.py, the CLI).
+"""Importing mmdetection / fcjian TOOD and mmdetection ATSS checkpoints (tood/model/mmdet_import.py, the CLI).
 
 The source state dicts carry mmdetection's key names and shapes as tests/mmdet_reference.py spells them
 out from mmdet's module structure; the head outputs of the imported detector are compared with a
@@ -25,9 +25,9 @@ from PIL import Image
 
 from pipeline import import_checkpoint as cli
 from pipeline import predict
-from tood.detector import Detector
-from tood.inference import load_detector
-from tood.mmdet_import import (
+from tood.engine.inference import load_detector
+from tood.model.detector import Detector
+from tood.model.mmdet_import import (
     COCO_CATEGORIES,
     NO_DOWNLOAD_PRETRAINED,
     CheckpointImportError,
@@ -195,7 +195,7 @@ def test_atss_checkpoint_becomes_the_anchor_based_parallel_atss_cell(tiny_params
         "parallel",
         "based",
     )
-    assert cfg["assign"]["assigner"] == "atss"  # -> test scores x centerness (tood.inference.uses_centerness)
+    assert cfg["assign"]["assigner"] == "atss"  # scores x centerness (inference.uses_centerness)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -19,10 +19,9 @@ from test_train import make_tiny_coco  # the tiny COCO generator of the training
 
 from pipeline import evaluate_variant, predict, train_variant
 from tood.config import AssignConfig, load_run_config
-from tood.data import build_loader
-from tood.evaluate import ALIGN_KEYS, COCO_KEYS, summarize_alignment
-from tood.inference import evaluate_checkpoint, load_detector, run_inference, uses_centerness
-from tood.train import build_dataset
+from tood.data.dataset import build_dataset, build_loader
+from tood.engine.evaluate import ALIGN_KEYS, COCO_KEYS, summarize_alignment
+from tood.engine.inference import evaluate_checkpoint, load_detector, run_inference, uses_centerness
 
 VARIANT = "tiny_atss"
 

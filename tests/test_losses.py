@@ -1,4 +1,4 @@
-"""Tests of tood/losses.py: known values, empty images, degenerate inputs, gradients."""
+"""Tests of tood/model/losses.py: known values, empty images, degenerate inputs, gradients."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from tood.assigners import atss_assign, tal_assign
 from tood.config import LossConfig
-from tood.losses import (
+from tood.model.assigners import atss_assign, tal_assign
+from tood.model.losses import (
     atss_loss,
     centerness_targets,
     focal_loss_prob,
@@ -24,7 +24,7 @@ CFG = LossConfig()
 
 
 @dataclass
-class FakeHeadOutput:  # duck-typed stand-in for tood.heads.HeadOutput
+class FakeHeadOutput:  # duck-typed stand-in for tood.model.heads.HeadOutput
     scores: torch.Tensor  # (B, A, C) probabilities
     boxes: torch.Tensor  # (B, A, 4) xyxy pixels
     centerness: torch.Tensor | None = None  # (B, A) logits

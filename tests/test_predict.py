@@ -19,7 +19,7 @@ from PIL import Image
 from pipeline import predict
 from pipeline.cli import CliError
 from tood.config import AssignConfig, DataConfig, ModelConfig, RunConfig
-from tood.detector import Detector
+from tood.model.detector import Detector
 
 REPO = Path(__file__).resolve().parents[1]
 

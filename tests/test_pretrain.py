@@ -10,8 +10,8 @@ import torchvision
 
 from pipeline.pretrain_backbone import main as pretrain_main
 from tood.config import PretrainConfig
-from tood.pretrain import backbone_state_dict, build_classifier, lr_at, make_crops, train_classifier
-from tood.shapes import KINDS, render_crop, render_image
+from tood.data.shapes import KINDS, render_crop, render_image
+from tood.engine.pretrain import backbone_state_dict, build_classifier, lr_at, make_crops, train_classifier
 
 TINY = PretrainConfig(num_train=64, num_val=32, crop_size=32, epochs=2, batch_size=16, warmup_iters=2)
 MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)

@@ -4,9 +4,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tood.boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
-from tood.coders import MAX_RATIO, decode_deltas, decode_ltrb, encode_deltas, encode_ltrb
-from tood.priors import make_priors
+from tood.model.boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
+from tood.model.coders import MAX_RATIO, decode_deltas, decode_ltrb, encode_deltas, encode_ltrb
+from tood.model.priors import make_priors
 
 coord = st.floats(-1000, 1000, allow_nan=False, allow_infinity=False)
 size = st.floats(0.5, 800, allow_nan=False, allow_infinity=False)

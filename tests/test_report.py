@@ -16,10 +16,11 @@ import yaml
 from matplotlib.container import BarContainer
 
 from pipeline.tabulate import main
-from tood import evaluate, paper
 from tood.config import ConfigError, load_params, resolve_run_config, variant_names
-from tood.figures import mean_loss_curve, palette, plot_ablations, read_losses, switch_step
-from tood.results import ALIGN_KEYS, AP_KEYS, Stat, fmt_value, load_runs, standard_error, verdict
+from tood.engine import evaluate
+from tood.report import paper
+from tood.report.figures import mean_loss_curve, palette, plot_ablations, read_losses, switch_step
+from tood.report.results import ALIGN_KEYS, AP_KEYS, Stat, fmt_value, load_runs, standard_error, verdict
 
 REPO = Path(__file__).resolve().parents[1]
 

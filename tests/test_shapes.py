@@ -1,4 +1,4 @@
-"""tood/shapes.py and the `data` stage (pipeline/prepare_data.py): determinism, valid COCO, difficulty, statistics, CLI."""
+"""tood/data/shapes.py and the `data` stage (pipeline/prepare_data.py): determinism, valid COCO, difficulty, statistics, CLI."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from pipeline.prepare_data import main
-from tood.boxes import pairwise_iou
 from tood.config import ShapesConfig
-from tood.shapes import (
+from tood.data.shapes import (
     CATEGORY_IDS,
     KINDS,
     MARKER,
@@ -26,6 +25,7 @@ from tood.shapes import (
     generate,
     write_stats,
 )
+from tood.model.boxes import pairwise_iou
 
 TINY = ShapesConfig(seed=3, num_train=6, num_val=3, image_size=64, num_classes=6, max_objects=8)
 

@@ -1,6 +1,6 @@
 """Speed changes keep the numbers: two training steps on a fixed batch give the losses the previous code gave.
 
-GOLDEN holds the loss terms of two consecutive `tood.train.train_step` calls (the second one sees the SGD
+GOLDEN holds the loss terms of two consecutive `tood.engine.loop.train_step` calls (the second one sees the SGD
 update of the first, so gradients and the optimizer are covered too) for five configurations, recorded with
 the code before the speed work (commit 7eab81e: torchvision's FrozenBatchNorm2d, the T-Head's layer
 attention through an NCHW copy, the for-loop SGD) by running `step_losses` of this file against it:
@@ -20,10 +20,11 @@ import warnings
 import pytest
 import torch
 
-import tood.train
+import tood.engine.runtime
 from tood.config import AssignConfig, ModelConfig, RunConfig, TrainConfig
-from tood.data import Batch
-from tood.train import build_state, train_step
+from tood.data.dataset import Batch
+from tood.engine.loop import train_step
+from tood.engine.train import build_state
 
 NUM_CLASSES = 3
 # name -> (model overrides, channels_last, epoch); epoch 0 is the ATSS warm-up, epoch 1 TAL
@@ -122,7 +123,7 @@ def test_two_steps_give_the_previous_codes_losses(name):
 def test_frozen_bn_equals_torchvision_and_stays_bf16_under_autocast():
     from torchvision.ops.misc import FrozenBatchNorm2d as Reference
 
-    from tood.backbone import FrozenBatchNorm2d
+    from tood.model.backbone import FrozenBatchNorm2d
 
     g = torch.Generator().manual_seed(0)
     ours, ref = FrozenBatchNorm2d(8), Reference(8)
@@ -168,17 +169,17 @@ def test_fused_sgd_updates_equal_the_for_loop():
 def test_auto_precision_is_bf16_only_with_native_bf16_on_cpu(monkeypatch):
     cpu = torch.device("cpu")
     for explicit in ("fp32", "bf16", "fp16"):
-        assert tood.train.resolve_amp(explicit, cpu) == explicit
-    monkeypatch.setattr(tood.train, "cpu_has_native_bf16", lambda: False)  # e.g. a Xeon with AVX-512 only
-    assert tood.train.resolve_amp("auto", cpu) == "fp32"
-    monkeypatch.setattr(tood.train, "cpu_has_native_bf16", lambda: True)  # avx512_bf16 / AMX
-    assert tood.train.resolve_amp("auto", cpu) == "bf16"
+        assert tood.engine.runtime.resolve_amp(explicit, cpu) == explicit
+    monkeypatch.setattr(tood.engine.runtime, "cpu_has_native_bf16", lambda: False)  # a Xeon, AVX-512 only
+    assert tood.engine.runtime.resolve_amp("auto", cpu) == "fp32"
+    monkeypatch.setattr(tood.engine.runtime, "cpu_has_native_bf16", lambda: True)  # avx512_bf16 / AMX
+    assert tood.engine.runtime.resolve_amp("auto", cpu) == "bf16"
 
 
 def test_a_resumed_run_keeps_its_checkpoints_precision(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(tood.train, "cpu_has_native_bf16", lambda: False)
-    assert tood.train.run_precision("auto", cpu, None) == "fp32"
-    assert tood.train.run_precision("auto", cpu, {"amp": "fp32"}) == "fp32"
+    monkeypatch.setattr(tood.engine.runtime, "cpu_has_native_bf16", lambda: False)
+    assert tood.engine.runtime.run_precision("auto", cpu, None) == "fp32"
+    assert tood.engine.runtime.run_precision("auto", cpu, {"amp": "fp32"}) == "fp32"
     with pytest.warns(UserWarning, match="continuing in bf16"):
-        assert tood.train.run_precision("auto", cpu, {"amp": "bf16"}) == "bf16"
+        assert tood.engine.runtime.run_precision("auto", cpu, {"amp": "bf16"}) == "bf16"

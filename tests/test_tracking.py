@@ -25,9 +25,9 @@ import yaml
 from test_train import make_tiny_coco  # the tiny COCO generator of the training tests
 
 from pipeline.mlflow_ui import server_command
-from tood import tracking
 from tood.config import DataConfig, RunConfig, resolve_run_config
-from tood.tracking import TrackingError
+from tood.engine import tracking
+from tood.engine.tracking import TrackingError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -253,7 +253,7 @@ def test_resuming_an_unknown_run_starts_a_new_one(store):
 
 
 def test_paper_rows_and_dvc_experiment_become_tags(store, monkeypatch, tmp_path):
-    fake = types.ModuleType("tood.paper")
+    fake = types.ModuleType("tood.report.paper")
     seen = {}
 
     def paper_rows_for(variant, *, alpha=None, beta=None):
@@ -261,7 +261,7 @@ def test_paper_rows_and_dvc_experiment_become_tags(store, monkeypatch, tmp_path)
         return ["Table 3: Anchor-free TOOD", "Table 6: T-Head + TAL"]
 
     fake.paper_rows_for = paper_rows_for
-    monkeypatch.setitem(sys.modules, "tood.paper", fake)
+    monkeypatch.setitem(sys.modules, "tood.report.paper", fake)
     monkeypatch.setenv("DVC_EXP_NAME", "ws-alpha2")
     with tracking.start_run(make_cfg(), seed=1, data_root=tmp_path / "no-data-here") as run:
         pass

@@ -20,19 +20,13 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-import tood.train
+import tood.engine.checkpoint
+import tood.engine.loop
 from tood.config import AssignConfig, DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
-from tood.detector import Detector
-from tood.train import (
-    RUN_FILES,
-    TrainingDiverged,
-    lr_at,
-    rng_state,
-    scaled_lr,
-    set_rng_state,
-    train,
-    train_published,
-)
+from tood.engine.checkpoint import RUN_FILES, rng_state, set_rng_state
+from tood.engine.loop import TrainingDiverged, lr_at, scaled_lr
+from tood.engine.train import train, train_published
+from tood.model.detector import Detector
 
 CATEGORIES = [
     {"id": 1, "name": "red"},
@@ -135,7 +129,7 @@ def test_lr_schedule_known_values():
 
 def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     torch.manual_seed(1), random.seed(2), np.random.seed(3)
-    tood.train.save_checkpoint(tmp_path / "rng.pt", {"rng": rng_state()})
+    tood.engine.checkpoint.save_checkpoint(tmp_path / "rng.pt", {"rng": rng_state()})
     first = (torch.rand(3), random.random(), np.random.rand())
     set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
     again = (torch.rand(3), random.random(), np.random.rand())
@@ -195,14 +189,14 @@ class Killed(Exception):
 def test_killed_and_resumed_run_equals_uninterrupted(finished, env, monkeypatch):
     cfg, out_a, summary_a = finished
     out_b = env / "killed"
-    real_step = tood.train.train_step
+    real_step = tood.engine.loop.train_step
 
     def dies_in_epoch_two(state, *args, **kwargs):
         if state.iteration == 3:  # second step of epoch 1 (0-based), after the epoch-1 checkpoint
             raise Killed
         return real_step(state, *args, **kwargs)
 
-    monkeypatch.setattr(tood.train, "train_step", dies_in_epoch_two)
+    monkeypatch.setattr(tood.engine.loop, "train_step", dies_in_epoch_two)
     with pytest.raises(Killed):
         train(cfg, 0, out_b)
     assert torch.load(out_b / "last.pt", weights_only=True)["epoch"] == 1
@@ -210,7 +204,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(finished, env, monkeypatch)
     run_id = json.loads((out_b / "mlflow_run.json").read_text())["run_id"]
     assert _client().get_run(run_id).info.status == "FAILED"
 
-    monkeypatch.setattr(tood.train, "train_step", real_step)
+    monkeypatch.setattr(tood.engine.loop, "train_step", real_step)
     summary_b = train(cfg, 0, out_b)
     assert summary_b["final_loss"] == summary_a["final_loss"]  # bit-identical, not approx
     assert summary_b["mlflow_run_id"] == run_id and _client().get_run(run_id).info.status == "FINISHED"
@@ -232,21 +226,21 @@ def test_dvc_flow_resumes_from_the_keyed_folder_and_finds_finished_runs_again(fi
     resumes from its folder under the work root and is published into `out` once finished."""
     cfg, _, summary_a = finished
     work_root, out = env / "work", env / "published"
-    real_step = tood.train.train_step
+    real_step = tood.engine.loop.train_step
 
     def dies_in_epoch_two(state, *args, **kwargs):
         if state.iteration == 3:
             raise Killed
         return real_step(state, *args, **kwargs)
 
-    monkeypatch.setattr(tood.train, "train_step", dies_in_epoch_two)
+    monkeypatch.setattr(tood.engine.loop, "train_step", dies_in_epoch_two)
     with pytest.raises(Killed):
         train_published(cfg, 0, out, work_root)
     assert not out.exists()  # an unfinished run is never published
     (work_dir,) = work_root.iterdir()
-    assert work_dir == tood.train.work_dir_for(work_root, cfg, 0)
+    assert work_dir == tood.engine.checkpoint.work_dir_for(work_root, cfg, 0)
 
-    monkeypatch.setattr(tood.train, "train_step", real_step)
+    monkeypatch.setattr(tood.engine.loop, "train_step", real_step)
     summary = train_published(cfg, 0, out, work_root)
     assert summary["final_loss"] == summary_a["final_loss"]  # resumed bit-identically
     assert summary["checkpoint"] == str(out / "last.pt")
@@ -265,7 +259,7 @@ def test_work_dir_is_keyed_by_what_defines_the_run(finished, tmp_path, monkeypat
     cfg = finished[0]
 
     def key(c: RunConfig, seed: int = 0) -> Path:
-        return tood.train.work_dir_for(tmp_path, c, seed)
+        return tood.engine.checkpoint.work_dir_for(tmp_path, c, seed)
 
     assert key(cfg).parent == tmp_path and key(cfg).name.startswith("tiny-seed0-")
     same = [
@@ -280,7 +274,7 @@ def test_work_dir_is_keyed_by_what_defines_the_run(finished, tmp_path, monkeypat
     ]
     assert len({key(c) for c in other} | {key(cfg), key(cfg, 1)}) == 5
     before = key(cfg)
-    monkeypatch.setattr(tood.train, "source_fingerprint", lambda: "0" * 64)
+    monkeypatch.setattr(tood.engine.checkpoint, "source_fingerprint", lambda: "0" * 64)
     assert key(cfg) != before  # other tood/ code: another folder
 
 
@@ -311,12 +305,12 @@ def test_non_finite_loss_stops_naming_step_and_term(env, monkeypatch):
 def test_changed_training_settings_start_afresh_but_eval_settings_do_not(finished):
     cfg, out, _ = finished
     new_eval = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, score_thr=0.3), seeds=(0, 1))
-    assert tood.train._usable_checkpoint(out / "last.pt", new_eval, 0) is not None
+    assert tood.engine.checkpoint.usable_checkpoint(out / "last.pt", new_eval, 0) is not None
     new_alpha = dataclasses.replace(cfg, assign=dataclasses.replace(cfg.assign, alpha=0.5))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert tood.train._usable_checkpoint(out / "last.pt", new_alpha, 0) is None
-        assert tood.train._usable_checkpoint(out / "last.pt", cfg, 1) is None  # another seed
+        assert tood.engine.checkpoint.usable_checkpoint(out / "last.pt", new_alpha, 0) is None
+        assert tood.engine.checkpoint.usable_checkpoint(out / "last.pt", cfg, 1) is None  # another seed
     assert any("assign.alpha" in str(w.message) for w in caught)
 
 
@@ -324,10 +318,10 @@ def test_checkpoint_from_other_source_code_is_not_resumed(finished, monkeypatch)
     """A run folder re-used after a tood/ edit (train into the same out_dir by hand, or a work dir copied
     around): a finished checkpoint of the old code must not be returned as the new result."""
     cfg, out, _ = finished
-    assert tood.train._usable_checkpoint(out / "last.pt", cfg, 0) is not None
-    monkeypatch.setattr(tood.train, "source_fingerprint", lambda: "0" * 64)
+    assert tood.engine.checkpoint.usable_checkpoint(out / "last.pt", cfg, 0) is not None
+    monkeypatch.setattr(tood.engine.checkpoint, "source_fingerprint", lambda: "0" * 64)
     with pytest.warns(UserWarning, match="tood/ source code"):
-        assert tood.train._usable_checkpoint(out / "last.pt", cfg, 0) is None
+        assert tood.engine.checkpoint.usable_checkpoint(out / "last.pt", cfg, 0) is None
 
 
 @pytest.mark.slow

@@ -79,10 +79,10 @@ class ShapesConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """The `pretrain` stage: our offline stand-in for ImageNet (tood/pretrain.py), a ResNet of model.depth
+    """The `pretrain` stage: our offline stand-in for ImageNet (tood/engine/pretrain.py), a ResNet of model.depth
     classifying shape crops. Its checkpoint is what `model.pretrained` names in the shapes profiles."""
 
-    seed: int = 1000  # crop generator + training seed (crops use their own stream: tood.shapes.render_crop)
+    seed: int = 1000  # crop generator + training seed (crops: their own stream, tood.data.shapes.render_crop)
     num_train: int = 8192
     num_val: int = 1024
     crop_size: int = 64  # square crop side in pixels
@@ -239,7 +239,7 @@ class TrainConfig:
     cache_images: bool = False  # decode the whole (small) train set into memory once
     # autocast for backbone+head; assignment and losses stay fp32. Not "off": `dvc exp run -S` drops the
     # quotes when it rewrites params.yaml and YAML 1.1 reads a bare off as False. "auto": bf16 on CUDA and
-    # on CPUs with native bf16, else fp32 (tood.train.resolve_amp; a capability rule, never a timing).
+    # on CPUs with native bf16, else fp32 (tood.engine.runtime.resolve_amp; a capability rule, never a timing).
     amp: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = False
     num_threads: int = 0  # torch intra-op threads, 0 = torch default

@@ -1,7 +1,7 @@
-"""Paper vs ours: reports/tables.md and reports/summary.json of the `tabulate` stage (figures: tood.figures).
+"""Paper vs ours: reports/tables.md and reports/summary.json of the `tabulate` stage (figures: tood.report.figures).
 
-The numbers and the verdict rule come from tood.results (Δ ± Welch SE over seeds, verdict at 2·SE);
-Table 1's params/GFLOPs of our models from the metrics files' "complexity" (tood.complexity).
+The numbers and the verdict rule come from tood.report.results (Δ ± Welch SE over seeds, verdict at 2·SE);
+Table 1's params/GFLOPs of our models from the metrics files' "complexity" (tood.report.complexity).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tood import figures, paper
 from tood.config import HEADLINE
-from tood.paper import ABLATIONS, TABLE4, TABLE4_CHOSEN, TABLE6, TABLES, Ablation, PaperRow
-from tood.results import (
+from tood.report import figures, paper
+from tood.report.paper import ABLATIONS, TABLE4, TABLE4_CHOSEN, TABLE6, TABLES, Ablation, PaperRow
+from tood.report.results import (
     ALIGN_KEYS,
     AP_KEYS,
     COMPLEXITY_KEYS,
@@ -259,7 +259,7 @@ def complexity_note(runs: Runs, run_configs: list[str]) -> str:
         f"{paper.TABLE1_INPUT_HW[1]}×{paper.TABLE1_INPUT_HW[0]} input"
     )
     return (
-        "Ours are measured on the model itself (tood/complexity.py: the detector built without weights and "
+        "Ours are measured on the model itself (tood/report/complexity.py: the detector built without weights and "
         "run once under torch.utils.flop_counter.FlopCounterMode on shape-only tensors), by the evaluate "
         f"stage. Paper config: {paper_cfg}. Our run: {'; '.join(run_configs) or DASH}. "
         "GFLOPs use the paper's convention (mmcv get_flops: one multiply-add = 1 FLOP), i.e. torch's count "

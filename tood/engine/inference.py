@@ -2,7 +2,7 @@
 
 `run_inference` is the loop (no metrics); `evaluate_checkpoint` is what the pipeline's evaluate stage
 calls: load last.pt (weights_only), run the val split, return one flat metrics dict with COCO AP
-(tood.evaluate.coco_eval) and the alignment analysis (tood.evaluate.summarize_alignment).
+(tood.engine.evaluate.coco_eval) and the alignment analysis (tood.engine.evaluate.summarize_alignment).
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from tood.assigners import choose_assigner
-from tood.backbone import NO_WEIGHTS
 from tood.config import AssignConfig, EvalConfig, RunConfig, from_dict
-from tood.data import Batch, build_loader
-from tood.detector import Detections, Detector, centerness_factor
-from tood.evaluate import alignment_stats, coco_eval, detections_to_coco, summarize_alignment
-from tood.heads import HeadOutput
-from tood.train import build_dataset, pick_device, print_timing, process_age_s
+from tood.data.dataset import Batch, build_dataset, build_loader
+from tood.engine.evaluate import alignment_stats, coco_eval, detections_to_coco, summarize_alignment
+from tood.engine.runtime import pick_device, print_timing, process_age_s
+from tood.model.assigners import choose_assigner
+from tood.model.backbone import NO_WEIGHTS
+from tood.model.detector import Detections, Detector, centerness_factor
+from tood.model.heads import HeadOutput
 
 
 def uses_centerness(assign: AssignConfig, epochs: int) -> bool:
@@ -49,7 +49,7 @@ def run_inference(
 
     Returns:
         results: COCO results [{image_id, category_id, bbox xywh in original pixels, score}, ...].
-        stats: one tood.evaluate.alignment_stats dict per image (add up with summarize_alignment).
+        stats: one tood.engine.evaluate.alignment_stats dict per image (add up with summarize_alignment).
     """
     detector.eval()
     device = next(detector.parameters()).device

@@ -38,9 +38,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from tood.backbone import NO_WEIGHTS
 from tood.config import HEADLINE, RunConfig, load_params, resolve_run_config
-from tood.detector import Detector
+from tood.model.backbone import NO_WEIGHTS
+from tood.model.detector import Detector
 
 # The `model.pretrained` value that never downloads anything: an imported checkpoint carries every weight.
 NO_DOWNLOAD_PRETRAINED = NO_WEIGHTS
@@ -336,7 +336,7 @@ def imported_config(params_path: str | Path, head: str, anchor: str) -> RunConfi
 def import_checkpoint(
     src: dict, params_path: str | Path, anchor: str | None = None, source_name: str = "source"
 ) -> dict:
-    """A source checkpoint (see load_source) -> a checkpoint tood.inference.load_detector accepts.
+    """A source checkpoint (see load_source) -> a checkpoint tood.engine.inference.load_detector accepts.
 
     The result holds model, config (imported_config), cat_ids and class_names (COCO's 80), epoch, and a
     summary saying where the weights came from (evaluate_checkpoint wants a finished run's summary).

@@ -2,7 +2,7 @@
 
 Inputs (one explicit list of variants from params.yaml, never a glob):
     reports/metrics/<variant>.json   evaluate output: "seeds" ({seed: {metric: value, "mlflow_run_id"}}),
-                                     "setting" (dataset, depth, switches) and "complexity" (tood.complexity)
+                                     "setting" (dataset, depth, switches) and "complexity" (tood.report.complexity)
 
 Every statistic is computed here from the per-seed values (the file's mean/std are the same numbers).
 Our COCO APs are stored in [0, 1] and shown on the paper's 0-100 scale.
@@ -30,12 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tood import paper
 from tood.config import ConfigError, resolve_run_config, variant_names
-from tood.paper import TABLE4, Ablation, PaperRow
+from tood.report import paper
+from tood.report.paper import TABLE4, Ablation, PaperRow
 
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCO AP in [0, 1] in the metrics files
-ALIGN_KEYS = ("pcc_top50", "iou_top10", "n_correct", "n_redundant", "n_error")  # = tood.evaluate.ALIGN_KEYS
+# = tood.engine.evaluate.ALIGN_KEYS
+ALIGN_KEYS = ("pcc_top50", "iou_top10", "n_correct", "n_redundant", "n_error")
 METRIC_KEYS = AP_KEYS + ALIGN_KEYS
 SETTING_KEYS = ("dataset", "depth", "img_scale", "epochs")
 SWITCHES = ("head", "assigner", "anchor", "alpha", "beta")

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tood.coders import decode_deltas, decode_ltrb
 from tood.config import ModelConfig
-from tood.priors import Priors
+from tood.model.coders import decode_deltas, decode_ltrb
+from tood.model.priors import Priors
 
 PARALLEL_TOWER_CONVS = 4  # convs per tower of the parallel (ATSS) head [P Fig. 3a]
 
@@ -97,7 +97,7 @@ def fallback_invalid(sampled: Tensor, unsampled: Tensor) -> Tensor:
     """Where a sampled box is inverted (x1 > x2 or y1 > y2) use the un-sampled one [mmdet PR #7567].
 
     sampled, unsampled (..., 4) xyxy -> (..., 4). fcjian/TOOD instead clamps w, h at 0 in the IoU
-    (commit 93b3a87); we follow mmdet's guard (tood.boxes also clamps, so both hold).
+    (commit 93b3a87); we follow mmdet's guard (tood.model.boxes also clamps, so both hold).
     """
     invalid = (sampled[..., 0] > sampled[..., 2]) | (sampled[..., 1] > sampled[..., 3])  # (...)
     return torch.where(invalid[..., None], unsampled, sampled)

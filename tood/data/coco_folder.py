@@ -1,13 +1,13 @@
 """A user's own COCO-format folder (`data.dataset: coco`): validated, hashed and reported, never modified.
 
-`check_split` reads one split's instances file with tood.data's strict checks, then reads every listed image
+`check_split` reads one split's instances file with tood.data.dataset's strict checks, then reads every listed image
 once: it must exist, open, and have the width/height the file gives (from the image header; a full decode
 of a COCO-sized folder would take tens of minutes on 2 cores, so a truncated file is found when training
 first decodes it, before step 1 with `train.cache_images`), and its bytes are hashed. `folder_manifest`
 turns the results into what DVC tracks (data/manifest.json): content hashes and relative paths only, so it
 changes exactly when the user's files do. Nothing is ever written under the folder.
 
-Degenerate boxes (width or height <= 0) are listed here with their ids; tood.data leaves them out of
+Degenerate boxes (width or height <= 0) are listed here with their ids; tood.data.dataset leaves them out of
 training and evaluation (its module docstring says why they are dropped rather than rejected).
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tood.data import DataError, degenerate_boxes, load_coco
+from tood.data.dataset import DataError, degenerate_boxes, load_coco
 
 _SHOWN = 5  # problems named in one DataError line
 _LISTED = 100  # left-out boxes listed in the markdown report (all of them are in the manifest)
@@ -109,7 +109,7 @@ def folder_manifest(splits: dict[str, tuple[str, str]], checks: dict[str, dict])
 
 
 def stats_ready(data: dict) -> dict:
-    """A copy of a checked COCO dict as tood.shapes.dataset_stats reads it: the degenerate boxes left out
+    """A copy of a checked COCO dict as tood.data.shapes.dataset_stats reads it: the degenerate boxes left out
     (as in training and evaluation) and `area` filled in as w*h where the file has none."""
     left_out = {b["id"] for b in degenerate_boxes(data["annotations"])}
     anns = [

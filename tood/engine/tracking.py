@@ -21,7 +21,7 @@ after MLflow's default ~8 min of retries (HTTP_RETRY_ENV); the checkpoint is kep
 the same MLflow run. Telemetry is off unless the user opted in explicitly.
 
 `import mlflow` costs ~1.5 s, so it is imported inside the functions that need it: importing this
-module (and tood.train) stays cheap for code paths that do not track.
+module (and tood.engine.train) stays cheap for code paths that do not track.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from tood.config import DataConfig, RunConfig
 
 EXPERIMENT = "tood-ablations"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 HEALTH_TIMEOUT_S = 5.0  # MLflow's own client retries an unreachable server for minutes
 _QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1", "GIT_PYTHON_REFRESH": "quiet"}
 # MLflow's defaults (7 retries, backoff factor 2, 120 s timeout) hang a training process for 8 min 22 s
@@ -318,11 +318,11 @@ def run_tags(cfg: RunConfig, seed: int, data_root: str | Path | None = None) -> 
 
 
 def _paper_rows(cfg: RunConfig) -> list[str]:
-    """The paper rows a variant reproduces, from tood.paper.paper_rows_for when that exists (it is optional)."""
+    """The paper rows a variant reproduces, from tood.report.paper.paper_rows_for when that exists (it is optional)."""
     try:
-        paper = importlib.import_module("tood.paper")
+        paper = importlib.import_module("tood.report.paper")
     except ModuleNotFoundError as e:
-        if e.name == "tood.paper":
+        if e.name == "tood.report.paper":
             return []
         raise
     rows_for = getattr(paper, "paper_rows_for", None)
@@ -332,7 +332,8 @@ def _paper_rows(cfg: RunConfig) -> list[str]:
         return [str(row) for row in rows_for(cfg.variant, alpha=cfg.assign.alpha, beta=cfg.assign.beta)]
     except Exception as e:  # noqa: BLE001 -- a missing tag must never stop a training run
         warnings.warn(
-            f"tood.paper.paper_rows_for({cfg.variant!r}) failed: {e!r}; no paper.rows tag", stacklevel=3
+            f"tood.report.paper.paper_rows_for({cfg.variant!r}) failed: {e!r}; no paper.rows tag",
+            stacklevel=3,
         )
         return []
 
@@ -404,7 +405,7 @@ def log_eval_metrics(metrics: Mapping[str, Any]) -> None:
 
     Only COCO AP values are screened: -1 is a real value of the alignment PCC.
     """
-    from tood.evaluate import COCO_KEYS
+    from tood.engine.evaluate import COCO_KEYS
 
     kept = {k: v for k, v in metrics.items() if not (k in COCO_KEYS and v == -1)}
     if isinstance(kept.get("per_class"), Mapping):
@@ -473,7 +474,7 @@ def _require_active_run() -> str:
 
     run = mlflow.active_run()
     if run is None:  # MLflow would silently start a stray run in the active experiment
-        raise TrackingError("no active MLflow run: call tood.tracking.start_run(cfg, seed) first")
+        raise TrackingError("no active MLflow run: call tood.engine.tracking.start_run(cfg, seed) first")
     return run.info.run_id
 
 

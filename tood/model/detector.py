@@ -18,12 +18,12 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from tood.assigners import Assignment, atss_assign, choose_assigner, tal_assign
-from tood.backbone import build_backbone
 from tood.config import AssignConfig, EvalConfig, LossConfig, ModelConfig
-from tood.heads import HeadOutput, build_head
-from tood.losses import atss_loss, tal_loss
-from tood.priors import Priors, make_priors
+from tood.model.assigners import Assignment, atss_assign, choose_assigner, tal_assign
+from tood.model.backbone import build_backbone
+from tood.model.heads import HeadOutput, build_head
+from tood.model.losses import atss_loss, tal_loss
+from tood.model.priors import Priors, make_priors
 
 STRIDES = (8, 16, 32, 64, 128)  # P3-P7 [R]
 

@@ -47,6 +47,8 @@ from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from tood.config import RunConfig, resolve_data_root
+
 log = logging.getLogger(__name__)
 
 
@@ -494,3 +496,16 @@ def build_loader(
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=num_workers > 0,
     )
+
+
+def build_dataset(cfg: RunConfig, data_root: Path | None, *, train: bool) -> CocoDetection:
+    """The train or val split of cfg.data; `data_root` overrides cfg.data.root (e.g. DVC's repo root)."""
+    d = cfg.data
+    root = Path(data_root) if data_root is not None else resolve_data_root(d.root)  # $DVC_ROOT in queued exps
+    images, ann = (d.train_images, d.train_ann) if train else (d.val_images, d.val_ann)
+    return CocoDetection(
+        root / images, root / ann, img_scale=d.img_scale, size_divisor=d.size_divisor,
+        flip_prob=d.flip_prob if train else 0.0, mean=d.mean, std=d.std, train=train,
+        max_images=d.max_train_images if train else d.max_val_images,
+        cache_images=cfg.train.cache_images if train else False,
+    )  # fmt: skip

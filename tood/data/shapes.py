@@ -36,8 +36,8 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-from tood.boxes import pairwise_iou
 from tood.config import ShapesConfig
+from tood.model.boxes import pairwise_iou
 
 SPLITS = ("train", "val")
 MIN_VISIBLE_PIXELS = 4
@@ -410,7 +410,7 @@ def _dump_json(obj: dict, path: Path) -> None:
 # A file in out_root saying the generator made the folder and may rewrite its train/, val/, annotations/.
 MARKER = ".tood-shapes"
 _MARKER_TEXT = (
-    "This folder was made by the `shapes` generator (tood/shapes.py). Each `data` stage run deletes and\n"
+    "This folder was made by the `shapes` generator (tood/data/shapes.py). Each `data` stage run deletes and\n"
     "rewrites train/, val/ and annotations/ here: keep no files of your own in them.\n"
 )
 
@@ -664,7 +664,7 @@ def _markdown(stats: dict[str, dict]) -> str:
     title = [
         "# `shapes` dataset statistics",
         "",
-        "Written by `python -m pipeline.prepare_data` (the `data` stage; tood/shapes.py).",
+        "Written by `python -m pipeline.prepare_data` (the `data` stage; tood/data/shapes.py).",
         "",
     ]
     parts = (title, _summary_table(stats), _class_table(stats), _occlusion_table(stats), _level_table(stats))

@@ -6,13 +6,13 @@ in between (FCOS's config turns that ReLU on; TOOD's and ATSS's do not). We foll
 
 Initialisation (`model.pretrained`):
 - "imagenet" (COCO recipe): torchvision's ImageNet weights.
-- a path: the body of a classifier written by the `pretrain` stage (tood/pretrain.py), our offline
+- a path: the body of a classifier written by the `pretrain` stage (tood/engine/pretrain.py), our offline
   stand-in for ImageNet (the shapes profiles).
   With either, the recipe's freezing applies [R]: the stem plus the first `frozen_stages` stages get no
   gradient, and `norm: frozen_bn` makes every BN a FrozenBatchNorm2d holding the pretrained statistics
   (mmdet's norm_eval=True + frozen affine).
 - "none" (from scratch): nothing frozen; `norm: bn` is plain trainable BatchNorm. `sync_bn` is the same
-  layer, converted to SyncBatchNorm by tood.train under multi-GPU DDP. `frozen_bn` from scratch is an
+  layer, converted to SyncBatchNorm by tood.engine.train under multi-GPU DDP. `frozen_bn` from scratch is an
   identity BN (mean 0, var 1): no normalisation at all, so every rank computes exactly what one process
   would (the DDP equality test uses it).
 """

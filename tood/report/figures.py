@@ -20,8 +20,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from tood.paper import ABLATIONS, TABLE4, TABLE6
-from tood.results import Comparison, Runs, compare, ours_only, stat
+from tood.report.paper import ABLATIONS, TABLE4, TABLE6
+from tood.report.results import Comparison, Runs, compare, ours_only, stat
 
 FIGURES = ("alpha_beta.png", "ablations.png", "losses.png", "alignment.png")
 LOSS_KEYS = ("loss_cls", "loss_box")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from tood.boxes import aligned_iou, pairwise_iou
+from tood.model.boxes import aligned_iou, pairwise_iou
 
 CENTER_MARGIN = 0.01  # prior centre must be inside the GT by more than this on every side [R: both assigners]
 

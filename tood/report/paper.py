@@ -5,12 +5,12 @@ ICCV 2021, arXiv 2108.07755v3, Tables 1-4 and 6 (transcribed by hand; tests/test
 against the team's independent transcription where that file is present). Paper setting for all rows:
 COCO 2017 (train2017 / minival = val2017), ResNet-50 + FPN, 1333x800, 12 epochs (1x), anchor-free unless the row says anchor-based [P §4.1].
 
-AP values are on the paper's 0-100 scale. Our metrics files store COCO AP in [0, 1]; tood.results rescales.
+AP values are on the paper's 0-100 scale. Our metrics files store COCO AP in [0, 1]; tood.report.results rescales.
 PCC (top-50) and IoU (top-10) are in [0, 1] in both. Box counts are totals over the paper's 5k minival
 images, so only their direction (not their size) is comparable with ours.
 
 `variant` is the params.yaml variant that reproduces the row; `config` is what that variant must resolve
-to for the row to count (tood.results checks it). Table 4's (1, 6) cell is the headline `tood` run, whose
+to for the row to count (tood.report.results checks it). Table 4's (1, 6) cell is the headline `tood` run, whose
 alpha/beta are user-set top-level params: it sits on that cell only when they are (1, 6).
 """
 

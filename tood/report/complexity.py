@@ -32,15 +32,17 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from tood import paper
-from tood.backbone import NO_WEIGHTS  # the `model.pretrained` value that loads nothing: counting never does
 from tood.config import DataConfig, ModelConfig, RunConfig
-from tood.detector import Detector
-from tood.inference import config_from_checkpoint
+from tood.engine.inference import config_from_checkpoint
+from tood.model.backbone import (
+    NO_WEIGHTS,  # the `model.pretrained` value that loads nothing: counting never does
+)
+from tood.model.detector import Detector
+from tood.report import paper
 
 
 def loads_weights(cfg: ModelConfig) -> bool:
-    """Whether this config starts the backbone from weights, and so freezes its first stages (tood.backbone)."""
+    """Whether this config starts the backbone from weights, and so freezes its first stages (tood.model.backbone)."""
     return cfg.pretrained != NO_WEIGHTS
 
 
@@ -66,7 +68,7 @@ class Complexity:
 def measure(cfg: ModelConfig, num_classes: int, input_hw: tuple[int, int], frozen_stages: int) -> Complexity:
     """Count the parameters and multiply-adds of Detector(cfg, num_classes) on one (3, H, W) image.
 
-    `frozen_stages` as in tood.backbone: -1 freezes nothing, k >= 0 the stem and stages 1..k.
+    `frozen_stages` as in tood.model.backbone: -1 freezes nothing, k >= 0 the stem and stages 1..k.
     """
     cfg = dataclasses.replace(cfg, pretrained=NO_WEIGHTS)
     with FakeTensorMode():
@@ -99,13 +101,13 @@ def _n_params(module: nn.Module) -> int:
 
 
 def _frozen_modules(detector: Detector, frozen_stages: int) -> list[nn.Module]:
-    """The backbone modules the recipe freezes: stem and stages 1..k (tood.backbone, mmdet _freeze_stages)."""
+    """The backbone modules the recipe freezes: stem and stages 1..k (tood.model.backbone, mmdet _freeze_stages)."""
     body = detector.backbone.body
     return [body.stem, *body.stages[:frozen_stages]] if frozen_stages >= 0 else []
 
 
 def paper_config_complexity(head: str, anchor: str) -> Complexity:
-    """Our model at the configuration of the paper's Table 1 (tood.paper.TABLE1_*), with this head/anchor."""
+    """Our model at the configuration of the paper's Table 1 (tood.report.paper.TABLE1_*), with this head/anchor."""
     cfg = ModelConfig(**paper.TABLE1_MODEL, head=head, anchor=anchor, pretrained=NO_WEIGHTS)
     return measure(cfg, paper.TABLE1_NUM_CLASSES, paper.TABLE1_INPUT_HW, paper.TABLE1_MODEL["frozen_stages"])
 
@@ -120,7 +122,7 @@ def run_input_hw(data: DataConfig) -> tuple[int, int]:
 
 def run_complexity(cfg: RunConfig, num_classes: int) -> Complexity:
     """The trained model of a run, as its resolved config describes it, at the run's input size."""
-    frozen = cfg.model.frozen_stages if loads_weights(cfg.model) else -1  # tood.backbone freezes only then
+    frozen = cfg.model.frozen_stages if loads_weights(cfg.model) else -1  # the backbone freezes only then
     return measure(cfg.model, num_classes, run_input_hw(cfg.data), frozen)
 
 

@@ -19,12 +19,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from tood.assigners import Assignment
-from tood.boxes import aligned_giou
 from tood.config import LossConfig
+from tood.model.assigners import Assignment
+from tood.model.boxes import aligned_giou
 
 if TYPE_CHECKING:
-    from tood.heads import HeadOutput
+    from tood.model.heads import HeadOutput
 
 EPS_NORMALISER = 1e-12  # fcjian/TOOD resets a normaliser below this to 1 (`if avg_factor < EPS`)
 

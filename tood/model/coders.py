@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from tood.boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
+from tood.model.boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
 
 DELTA_STDS = (0.1, 0.1, 0.2, 0.2)  # DeltaXYWHBBoxCoder target_stds of the anchor-based TOOD [R]; means are 0
 MAX_RATIO = abs(math.log(16 / 1000))  # mmdet delta2bbox wh_ratio_clip=16/1000: |dw|, |dh| <= log(62.5)

@@ -4,7 +4,7 @@ The paper fine-tunes an ImageNet-pretrained backbone (stem and stage 1 frozen, B
 [P §4, R: tood_r50_fpn_1x_coco.py]. ImageNet cannot be downloaded here, and 12 epochs from scratch learn
 almost nothing (AP ~2 for ours and for mmdetection alike), so the `pretrain` stage makes our own: the
 torchvision ResNet of `model.depth` plus a linear classifier learns to tell the 12 shape kinds apart on
-crops drawn by tood.shapes.render_crop (the detection set's backgrounds, fills, clutter and distractors,
+crops drawn by tood.data.shapes.render_crop (the detection set's backgrounds, fills, clutter and distractors,
 its own seed stream: no detection image is ever drawn). The task knows nothing of heads, assigners or
 anchors, so every variant and seed of the grid fine-tunes from the same checkpoint, as every paper row
 starts from the same ImageNet weights.
@@ -29,9 +29,9 @@ from PIL import Image
 from torch import Tensor, nn
 
 from tood.config import PretrainConfig
-from tood.shapes import KINDS, render_crop
+from tood.data.shapes import KINDS, render_crop
 
-# torchvision ResNet builders by depth (the detector's backbone uses the same ones: tood.backbone)
+# torchvision ResNet builders by depth (the detector's backbone uses the same ones: tood.model.backbone)
 _DEPTHS = (18, 34, 50, 101)
 
 
@@ -164,7 +164,7 @@ def class_names(num_classes: int) -> list[str]:
 
 
 def save_backbone(path: Path, classifier: nn.Module, depth: int, cfg: PretrainConfig, summary: dict) -> None:
-    """The checkpoint tood.backbone loads: {"state_dict", "depth", "class_names", "summary", "config"}."""
+    """The checkpoint tood.model.backbone loads: {"state_dict", "depth", "class_names", "summary", "config"}."""
     import dataclasses
 
     path.parent.mkdir(parents=True, exist_ok=True)
