@@ -1,0 +1,228 @@
+"""Where a train stage's (variant, seed) runs execute: `executor:` in params.yaml (tood.config.ExecutorConfig).
+
+Every run is one `python -m pipeline.train_run ...` process (or torchrun of it), whatever the executor:
+    local   as many processes at once as fit on this machine (local_plan), each with its own log file
+            <work-dir>/logs/<variant>-seed<k>.log
+    slurm   one Slurm job array per stage through submitit (one task per seed), logs in
+            <work-dir>/slurm/<job id>/; a preempted or timed-out task is requeued (TrainTask.checkpoint)
+            and resumes from its run's last.pt, which is bit-exact on CPU (tood.engine.train)
+The stage waits for all of its runs; when any fails it raises RunsFailed naming each failed run, its log
+and the log's tail, after the other runs finished (their results are kept and a re-run skips them).
+
+This module does not import torch or MLflow: the stage process only launches and waits, and its start-up
+is paid once more per stage than before, by an interpreter that imports little (bench/RESULTS.md §6).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tood.config import ConfigError, LocalExecutorConfig, SlurmExecutorConfig
+
+TAIL_LINES = 30  # of a failed run's log, in the stage's error
+RELAYED = ("timing: ", '{"variant"')  # lines of a run's log the stage prints (bench/grid_time.py reads them)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One (variant, seed) run: `python -m pipeline.train_run *argv`."""
+
+    name: str  # e.g. "tood seed 0"
+    argv: tuple[str, ...]
+
+
+class RunsFailed(RuntimeError):
+    """Some runs of a stage failed; the message names each, with its log path and tail."""
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (a Slurm allocation or `taskset` narrows os.cpu_count())."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def local_plan(cfg: LocalExecutorConfig, runs: int, cores: int, num_threads: int = 0) -> tuple[int, int]:
+    """(runs at once, torch threads per run) for `runs` runs on `cores` cores.
+
+    auto prefers processes to threads: on our 2-core Xeon two 1-thread runs at once trained 71.3 images/s
+    against 52.9 for one 2-thread run (1.35x; bench/RESULTS.md §6), as a small model's intra-op threads
+    leave a core idle part of each step. So threads_per_run = cores // runs (at least 1) and
+    jobs = cores // threads_per_run. An explicit train.num_threads > 0 is the threads per run.
+    """
+    threads = cfg.threads_per_run
+    if num_threads > 0:
+        if threads not in ("auto", num_threads):
+            raise ConfigError(
+                f"executor.local.threads_per_run: {threads} contradicts train.num_threads: {num_threads}; "
+                "set one of them (train.num_threads: 0 leaves it to the executor)"
+            )
+        threads = num_threads
+    if threads == "auto":
+        threads = max(1, cores // max(runs, 1))
+    jobs = cfg.jobs if cfg.jobs != "auto" else max(1, cores // threads)
+    return max(1, min(jobs, runs)), threads
+
+
+def run_command(argv: Sequence[str], gpus: int = 0) -> list[str]:
+    """The command of one run: the entry point, under torchrun with one process per GPU when gpus > 1."""
+    if gpus > 1:
+        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}"]
+        return [sys.executable, *launcher, "-m", "pipeline.train_run", *argv]
+    return [sys.executable, "-m", "pipeline.train_run", *argv]
+
+
+def run_local(runs: Sequence[Run], jobs: int, logs: Path, poll_s: float = 0.2) -> None:
+    """Run every run as its own process, `jobs` at once, stdout+stderr to logs/<name>.log; raises RunsFailed."""
+    logs.mkdir(parents=True, exist_ok=True)
+    pending, running, failed = list(runs), {}, []
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                run = pending.pop(0)
+                log = logs / (run.name.replace(" ", "-") + ".log")
+                with log.open("w") as fh:  # the child holds its own copy of the descriptor
+                    proc = subprocess.Popen(run_command(run.argv), stdout=fh, stderr=subprocess.STDOUT)
+                print(f"started {run.name} (pid {proc.pid}); log: {log}", flush=True)
+                running[proc] = (run, log, time.perf_counter())
+            for proc in [p for p in running if p.poll() is not None]:
+                run, log, start = running.pop(proc)
+                took = time.perf_counter() - start
+                if proc.returncode == 0:
+                    print(f"finished {run.name} in {took:.1f} s", flush=True)
+                    relay(log)
+                else:
+                    failed.append((run.name, f"exit code {proc.returncode}", log))
+            time.sleep(poll_s)
+    finally:  # Ctrl-C / a signal to the stage: stop the runs it started (each resumes from last.pt later)
+        for proc in running:
+            proc.terminate()
+        for proc in running:
+            proc.wait()
+    if failed:
+        raise RunsFailed(failure_message(failed, len(runs)))
+
+
+def relay(log: Path) -> None:
+    """Print a finished run's summary and timing lines (bench/grid_time.py reads them off the stage)."""
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith(RELAYED):
+            print(line, flush=True)
+
+
+def failure_message(failed: list[tuple[str, str, Path]], total: int) -> str:
+    parts = [f"{len(failed)} of {total} runs failed; the others finished and are kept (a re-run skips them)"]
+    for name, why, log in failed:
+        parts.append(f"--- {name}: {why}; log: {log}\n{tail(log)}")
+    return "\n".join(parts)
+
+
+def tail(path: Path, lines: int = TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(text[-lines:]) or "(the log is empty)"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Slurm through submitit (https://github.com/facebookincubator/submitit), as DETR's run_with_submitit.py
+
+
+class TrainTask:
+    """What one Slurm task runs: the run's command, in a child process (as `local` does).
+
+    submitit calls `checkpoint` when Slurm signals a preemption or the time limit; returning the same call
+    requeues the task, and the run resumes from its last.pt in the keyed work folder (tood.engine.train).
+    """
+
+    def __init__(self, gpus: int = 0):
+        self.gpus = gpus
+
+    def __call__(self, argv: Sequence[str]) -> int:
+        proc = subprocess.run(run_command(argv, self.gpus), check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"pipeline.train_run exited with code {proc.returncode}")
+        return 0
+
+    def checkpoint(self, argv: Sequence[str]):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(TrainTask(self.gpus), argv)
+
+
+# Slurm job states after which a job that wrote no result will not write one
+# (https://slurm.schedmd.com/squeue.html#SECTION_JOB-STATE-CODES)
+FINAL_STATES = {"BOOT_FAIL", "CANCELLED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "TIMEOUT"}
+
+
+def slurm_parameters(cfg: SlurmExecutorConfig, name: str) -> dict:
+    """submitit AutoExecutor parameters of one stage's job array."""
+    params = {
+        "name": name,
+        "timeout_min": cfg.time_min,
+        "nodes": 1,
+        "tasks_per_node": 1,  # one task per run; torchrun inside it starts one process per GPU
+        "cpus_per_task": cfg.cpus_per_task,
+        "slurm_max_num_timeout": cfg.max_requeues,
+        "slurm_additional_parameters": dict(option.split("=", 1) for option in cfg.sbatch),
+    }
+    if cfg.gpus_per_run:
+        params["gpus_per_node"] = cfg.gpus_per_run
+    if cfg.partition:
+        params["slurm_partition"] = cfg.partition
+    if cfg.mem_gb:
+        params["mem_gb"] = cfg.mem_gb
+    return params
+
+
+def run_slurm(runs: Sequence[Run], cfg: SlurmExecutorConfig, folder: Path, name: str, poll_s: float = 2.0):
+    """Submit `runs` as one job array, wait for every task; raises RunsFailed naming each failed task."""
+    import submitit
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
+    executor.update_parameters(**slurm_parameters(cfg, name))
+    jobs = executor.map_array(TrainTask(cfg.gpus_per_run), [list(r.argv) for r in runs])
+    for run, job in zip(runs, jobs):
+        print(f"submitted {run.name}: Slurm job {job.job_id}; log: {job.paths.stdout}", flush=True)
+    failed, waiting = [], dict(zip(jobs, runs))
+    while waiting:
+        for job in list(waiting):
+            state = slurm_state(job)
+            if not (job.paths.result_pickle.exists() or state in FINAL_STATES):
+                continue
+            run = waiting.pop(job)
+            try:
+                job.result()
+            except (FailedJobError, UncompletedJobError) as e:  # raised in the task, or it never ended
+                why = f"Slurm job {job.job_id} {state}: {str(e).splitlines()[0]} (stdout: {job.paths.stdout})"
+                failed.append((run.name, why, job.paths.stderr))
+            else:
+                print(f"finished {run.name} (Slurm job {job.job_id})", flush=True)
+                relay(job.paths.stdout)
+        time.sleep(poll_s)
+    if failed:
+        raise RunsFailed(failure_message(failed, len(runs)))
+
+
+def slurm_state(job) -> str:
+    """A job's state: submitit's (from sacct), else `scontrol show job`, which needs no accounting database
+    (a one-node Slurm without slurmdbd has no sacct) and knows a job for MinJobAge (300 s) after it ends."""
+    state = job.state
+    if state != "UNKNOWN":
+        return state.split()[0]  # "CANCELLED by 0" -> CANCELLED
+    proc = subprocess.run(
+        ["scontrol", "show", "job", job.job_id], capture_output=True, text=True, check=False
+    )
+    for field in proc.stdout.split():
+        if field.startswith("JobState="):
+            return field.removeprefix("JobState=")
+    return "UNKNOWN"
