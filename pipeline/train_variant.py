@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = [Run(f"{cfg.variant}-seed{s}", run_argv(s, threads)) for s in cfg.seeds]
             run_slurm(runs, executor.slurm, logs / "slurm", name=f"train_{cfg.variant}")
     except RunsFailed as e:
-        print(f"{parser.prog}: error: {cfg.variant}: {e}", file=sys.stderr)
+        print(f"pipeline.train_variant: error: {cfg.variant}: {e}", file=sys.stderr)
         return 1
     _write_curves(args, cfg.seeds)
     return 0

@@ -79,8 +79,9 @@ def run_command(argv: Sequence[str], gpus: int = 0) -> list[str]:
     return [sys.executable, "-m", "pipeline.train_run", *argv]
 
 
-def run_local(runs: Sequence[Run], jobs: int, logs: Path, poll_s: float = 0.2) -> None:
-    """Run every run as its own process, `jobs` at once, stdout+stderr to logs/<name>.log; raises RunsFailed."""
+def run_local(runs: Sequence[Run], jobs: int, logs: Path, command=run_command, poll_s: float = 0.2) -> None:
+    """Run every run as its own process (`command(run.argv)`), `jobs` at once, stdout+stderr to
+    logs/<name>.log; raises RunsFailed once all have ended."""
     logs.mkdir(parents=True, exist_ok=True)
     pending, running, failed = list(runs), {}, []
     try:
@@ -89,7 +90,7 @@ def run_local(runs: Sequence[Run], jobs: int, logs: Path, poll_s: float = 0.2) -
                 run = pending.pop(0)
                 log = logs / (run.name.replace(" ", "-") + ".log")
                 with log.open("w") as fh:  # the child holds its own copy of the descriptor
-                    proc = subprocess.Popen(run_command(run.argv), stdout=fh, stderr=subprocess.STDOUT)
+                    proc = subprocess.Popen(command(run.argv), stdout=fh, stderr=subprocess.STDOUT)
                 print(f"started {run.name} (pid {proc.pid}); log: {log}", flush=True)
                 running[proc] = (run, log, time.perf_counter())
             for proc in [p for p in running if p.poll() is not None]:
@@ -118,7 +119,8 @@ def relay(log: Path) -> None:
 
 
 def failure_message(failed: list[tuple[str, str, Path]], total: int) -> str:
-    parts = [f"{len(failed)} of {total} runs failed; the others finished and are kept (a re-run skips them)"]
+    kept = "; the others finished and are kept (a re-run skips them)" if len(failed) < total else ""
+    parts = [f"{len(failed)} of {total} runs failed{kept}"]
     for name, why, log in failed:
         parts.append(f"--- {name}: {why}; log: {log}\n{tail(log)}")
     return "\n".join(parts)

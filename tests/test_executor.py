@@ -1,0 +1,156 @@
+"""The `executor` section and the local executor (tood/engine/executor.py): the threads/jobs rule, runs at
+once in their own processes with their own logs, one clear error naming each failed run, and a stage whose
+runs ran two at once giving the same weights and MLflow runs as one at a time. Slurm: tests/test_slurm.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tood.config import ConfigError, LocalExecutorConfig, load_executor_config
+from tood.engine.executor import Run, RunsFailed, local_plan, run_local, slurm_parameters
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"kidn": "slurm"}, "executor.kidn: unknown key (did you mean 'kind'?)"),
+        ({"local": {"thread_per_run": 2}}, "executor.local.thread_per_run: unknown key (did you mean"),
+        ({"local": {"jobs": "many"}}, "executor.local.jobs: 'many' should be an integer or 'auto'"),
+        ({"local": {"jobs": 0}}, "executor.local.jobs: 0 is out of range; must be >= 1"),
+        ({"kind": "pbs"}, "executor.kind: 'pbs' is not allowed"),
+        ({"slurm": {"sbatch": ["--qos=low"]}}, "executor.slurm.sbatch: '--qos=low' should be key=value"),
+    ],
+)
+def test_a_bad_executor_section_is_named(section, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_executor_config({"executor": section}, "params.yaml")
+
+
+def test_check_params_rejects_threads_that_contradict_train_num_threads(tmp_path):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"]["num_threads"] = 2
+    params["executor"]["local"]["threads_per_run"] = 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.check_params", "--params", str(tmp_path / "params.yaml"),
+         "--stamp", str(tmp_path / "stamp")],
+        cwd=REPO, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "executor.local.threads_per_run: 1 contradicts" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("jobs", "threads", "runs", "cores", "num_threads", "plan"),
+    [
+        ("auto", "auto", 3, 2, 0, (2, 1)),  # 2 cores, 3 seeds: two 1-thread runs at once (RESULTS §6)
+        ("auto", "auto", 1, 2, 0, (1, 2)),  # one run gets both cores
+        ("auto", "auto", 3, 8, 0, (3, 2)),  # 8 cores: every seed at once, 2 threads each
+        ("auto", "auto", 3, 64, 0, (3, 21)),
+        ("auto", 4, 3, 8, 0, (2, 4)),
+        (1, "auto", 3, 2, 0, (1, 1)),  # jobs: 1 keeps the threads of the parallel plan: same numerics
+        ("auto", "auto", 3, 8, 1, (3, 1)),  # train.num_threads is the threads per run
+    ],
+)
+def test_local_plan_prefers_processes_to_threads(jobs, threads, runs, cores, num_threads, plan):
+    cfg = LocalExecutorConfig(jobs=jobs, threads_per_run=threads)
+    assert local_plan(cfg, runs, cores, num_threads) == plan
+
+
+def test_no_train_stage_lists_the_executor_so_switching_it_retrains_nothing():
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    for name, stage in dvc["stages"].items():
+        params = stage.get("do", stage).get("params", [])
+        assert not [p for p in params if str(p).split(".")[0] == "executor"], name
+    sections = {
+        path.name: set(yaml.safe_load(path.read_text())["executor"])
+        for path in (REPO / "profiles").glob("*.yaml")
+    }
+    assert all(keys == {"kind", "local", "slurm"} for keys in sections.values()), sections
+
+
+def test_slurm_parameters_come_from_params():
+    cfg = load_executor_config(
+        {"executor": {"slurm": {"partition": "gpu", "time_min": 90, "cpus_per_task": 4, "gpus_per_run": 8,
+                                "mem_gb": 64, "max_requeues": 5, "sbatch": ["account=lab", "qos=low"]}}}
+    ).slurm  # fmt: skip
+    params = slurm_parameters(cfg, "train_tood")
+    assert params == {
+        "name": "train_tood", "timeout_min": 90, "nodes": 1, "tasks_per_node": 1, "cpus_per_task": 4,
+        "slurm_max_num_timeout": 5, "slurm_additional_parameters": {"account": "lab", "qos": "low"},
+        "gpus_per_node": 8, "slurm_partition": "gpu", "mem_gb": 64,
+    }  # fmt: skip
+
+
+# A stand-in run: records when it ran, prints a line, fails when its second argument is non-zero.
+FAKE_RUN = textwrap.dedent(
+    """
+    import json, sys, time
+    out, code = sys.argv[1], int(sys.argv[2])
+    start = time.time(); time.sleep(1.0)
+    print("line of", out); print("boom" if code else "timing: {}", flush=True)
+    open(out, "w").write(json.dumps([start, time.time()]))
+    sys.exit(code)
+    """
+)
+
+
+def test_run_local_runs_jobs_at_once_each_with_its_log_and_names_the_failed_one(tmp_path):
+    runs = [Run(f"v-seed{i}", (str(tmp_path / f"t{i}.json"), "3" if i == 1 else "0")) for i in range(3)]
+    with pytest.raises(RunsFailed) as info:
+        run_local(runs, 2, tmp_path / "logs", command=lambda argv: [sys.executable, "-c", FAKE_RUN, *argv])
+    message = str(info.value)
+    assert message.startswith("1 of 3 runs failed; the others finished and are kept")
+    assert f"v-seed1: exit code 3; log: {tmp_path / 'logs' / 'v-seed1.log'}" in message
+    assert "boom" in message and "v-seed0" not in message and "v-seed2" not in message
+    spans = [json.loads((tmp_path / f"t{i}.json").read_text()) for i in range(3)]  # every run ran
+    at_once = max(sum(s <= t < e for s, e in spans) for t, _ in spans)
+    assert at_once == 2
+    assert (tmp_path / "logs" / "v-seed2.log").read_text().startswith("line of")
+
+
+@pytest.mark.slow
+def test_a_stage_whose_runs_fail_at_start_names_each_run_and_its_log(tmp_path):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["root"] = str(tmp_path / "no-data")
+    params["seeds"] = [0, 1]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.train_variant",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--variant",
+            "tood",
+            "--out",
+            str(tmp_path / "runs"),
+            "--work-dir",
+            str(tmp_path / "work"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        env={**os.environ, "DVC_ROOT": str(tmp_path)},
+    )  # fmt: skip  (DVC_ROOT: the MLflow store goes there, not into the repo)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "pipeline.train_variant: error: tood: 2 of 2 runs failed" in proc.stderr
+    for seed in (0, 1):
+        assert (
+            f"tood-seed{seed}: exit code 2; log: {tmp_path / 'work' / 'logs'}/tood-seed{seed}.log"
+            in proc.stderr
+        )
+    assert "no-data" in proc.stderr  # the tail of the log says what went wrong
