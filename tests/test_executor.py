@@ -87,7 +87,7 @@ def test_slurm_parameters_come_from_params():
     params = slurm_parameters(cfg, "train_tood")
     assert params == {
         "name": "train_tood", "timeout_min": 90, "nodes": 1, "tasks_per_node": 1, "cpus_per_task": 4,
-        "slurm_max_num_timeout": 5, "slurm_additional_parameters": {"account": "lab", "qos": "low"},
+        "slurm_additional_parameters": {"account": "lab", "qos": "low"},
         "gpus_per_node": 8, "slurm_partition": "gpu", "mem_gb": 64,
     }  # fmt: skip
 

@@ -118,9 +118,9 @@ def relay(log: Path) -> None:
             print(line, flush=True)
 
 
-def failure_message(failed: list[tuple[str, str, Path]], total: int) -> str:
+def failure_message(failed: list[tuple[str, str, Path]], total: int, what: str = "runs") -> str:
     kept = "; the others finished and are kept (a re-run skips them)" if len(failed) < total else ""
-    parts = [f"{len(failed)} of {total} runs failed{kept}"]
+    parts = [f"{len(failed)} of {total} {what} failed{kept}"]
     for name, why, log in failed:
         parts.append(f"--- {name}: {why}; log: {log}\n{tail(log)}")
     return "\n".join(parts)
@@ -173,7 +173,6 @@ def slurm_parameters(cfg: SlurmExecutorConfig, name: str) -> dict:
         "nodes": 1,
         "tasks_per_node": 1,  # one task per run; torchrun inside it starts one process per GPU
         "cpus_per_task": cfg.cpus_per_task,
-        "slurm_max_num_timeout": cfg.max_requeues,
         "slurm_additional_parameters": dict(option.split("=", 1) for option in cfg.sbatch),
     }
     if cfg.gpus_per_run:
@@ -190,7 +189,9 @@ def run_slurm(runs: Sequence[Run], cfg: SlurmExecutorConfig, folder: Path, name:
     import submitit
     from submitit.core.utils import FailedJobError, UncompletedJobError
 
-    executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
+    executor = submitit.AutoExecutor(
+        folder=folder / "%j", cluster="slurm", slurm_max_num_timeout=cfg.max_requeues
+    )
     executor.update_parameters(**slurm_parameters(cfg, name))
     jobs = executor.map_array(TrainTask(cfg.gpus_per_run), [list(r.argv) for r in runs])
     for run, job in zip(runs, jobs):
@@ -212,7 +213,7 @@ def run_slurm(runs: Sequence[Run], cfg: SlurmExecutorConfig, folder: Path, name:
                 relay(job.paths.stdout)
         time.sleep(poll_s)
     if failed:
-        raise RunsFailed(failure_message(failed, len(runs)))
+        raise RunsFailed(failure_message(failed, len(runs), "Slurm tasks"))
 
 
 def slurm_state(job) -> str:
