@@ -66,14 +66,14 @@ def main(argv: list[str] | None = None) -> int:
         if executor.kind == "local":
             cores = usable_cores()
             jobs, threads = local_plan(executor.local, len(cfg.seeds), cores, cfg.train.num_threads)
+            runs = [Run(f"{cfg.variant}-seed{s}", run_argv(s, t), t) for s, t in zip(cfg.seeds, threads)]
             print(
-                f"executor local: {len(cfg.seeds)} runs of {cfg.variant}, {jobs} at once, train.num_threads "
-                f"{threads} each ({cores} usable cores)", flush=True,
+                f"executor local: {len(runs)} runs of {cfg.variant} on {cores} usable cores, up to {jobs} at "
+                f"once; train.num_threads " + ", ".join(f"{r.name} {r.threads}" for r in runs), flush=True,
             )  # fmt: skip
             if jobs > 1:
                 _create_experiment()
-            runs = [Run(f"{cfg.variant}-seed{s}", run_argv(s, threads)) for s in cfg.seeds]
-            run_local(runs, jobs, logs / "logs")
+            run_local(runs, jobs, cores, logs / "logs")
         else:
             threads = cfg.train.num_threads or executor.slurm.cpus_per_task
             print(f"executor slurm: {len(cfg.seeds)} runs of {cfg.variant}, train.num_threads {threads} each")

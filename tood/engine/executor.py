@@ -33,8 +33,9 @@ RELAYED = ("timing: ", '{"variant"')  # lines of a run's log the stage prints (b
 class Run:
     """One (variant, seed) run: `python -m pipeline.train_run *argv`."""
 
-    name: str  # e.g. "tood seed 0"
+    name: str  # e.g. "tood-seed0"
     argv: tuple[str, ...]
+    threads: int = 1  # torch intra-op threads: cores it keeps busy (run_local starts runs that fit)
 
 
 class RunsFailed(RuntimeError):
@@ -49,13 +50,18 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def local_plan(cfg: LocalExecutorConfig, runs: int, cores: int, num_threads: int = 0) -> tuple[int, int]:
-    """(runs at once, torch threads per run) for `runs` runs on `cores` cores.
+def local_plan(
+    cfg: LocalExecutorConfig, runs: int, cores: int, num_threads: int = 0
+) -> tuple[int, list[int]]:
+    """(runs at once, torch threads of each run) for `runs` runs on `cores` cores.
 
     auto prefers processes to threads: on our 2-core Xeon two 1-thread runs at once trained 71.3 images/s
     against 52.9 for one 2-thread run (1.35x; bench/RESULTS.md §6), as a small model's intra-op threads
-    leave a core idle part of each step. So threads_per_run = cores // runs (at least 1) and
-    jobs = cores // threads_per_run. An explicit train.num_threads > 0 is the threads per run.
+    leave a core idle part of each step. So jobs = min(cores, runs) runs go at once, in waves, with
+    cores // jobs threads each, and the last, partial wave of r runs gets cores // r threads each
+    (3 seeds on 2 cores: two 1-thread runs, then one 2-thread run). A rule of (runs, cores),
+    never a timing: a run's thread count changes its CPU numerics, so the same machine and params.yaml
+    always give it the same one. An explicit threads_per_run or train.num_threads > 0 is every run's.
     """
     threads = cfg.threads_per_run
     if num_threads > 0:
@@ -65,10 +71,13 @@ def local_plan(cfg: LocalExecutorConfig, runs: int, cores: int, num_threads: int
                 "set one of them (train.num_threads: 0 leaves it to the executor)"
             )
         threads = num_threads
-    if threads == "auto":
-        threads = max(1, cores // max(runs, 1))
-    jobs = cfg.jobs if cfg.jobs != "auto" else max(1, cores // threads)
-    return max(1, min(jobs, runs)), threads
+    if threads != "auto":
+        jobs = cfg.jobs if cfg.jobs != "auto" else max(1, cores // threads)
+        return max(1, min(jobs, runs)), [threads] * runs
+    jobs = max(1, min(cfg.jobs if cfg.jobs != "auto" else cores, runs))
+    last = runs % jobs
+    full = max(1, cores // jobs)
+    return jobs, [full] * (runs - last) + [max(full, cores // max(last, 1))] * last
 
 
 def run_command(argv: Sequence[str], gpus: int = 0) -> list[str]:
@@ -79,20 +88,25 @@ def run_command(argv: Sequence[str], gpus: int = 0) -> list[str]:
     return [sys.executable, "-m", "pipeline.train_run", *argv]
 
 
-def run_local(runs: Sequence[Run], jobs: int, logs: Path, command=run_command, poll_s: float = 0.2) -> None:
-    """Run every run as its own process (`command(run.argv)`), `jobs` at once, stdout+stderr to
-    logs/<name>.log; raises RunsFailed once all have ended."""
+def run_local(
+    runs: Sequence[Run], jobs: int, cores: int, logs: Path, command=run_command, poll_s: float = 0.2
+) -> None:
+    """Run every run as its own process (`command(run.argv)`), in order, at most `jobs` at once and only as
+    many as their threads fit in `cores` (one always runs), stdout+stderr to logs/<name>.log; raises
+    RunsFailed once all have ended."""
     logs.mkdir(parents=True, exist_ok=True)
     pending, running, failed = list(runs), {}, []
     try:
         while pending or running:
-            while pending and len(running) < jobs:
+            busy = sum(run.threads for run, _, _ in running.values())
+            while pending and len(running) < jobs and (not running or busy + pending[0].threads <= cores):
                 run = pending.pop(0)
                 log = logs / (run.name.replace(" ", "-") + ".log")
                 with log.open("w") as fh:  # the child holds its own copy of the descriptor
                     proc = subprocess.Popen(command(run.argv), stdout=fh, stderr=subprocess.STDOUT)
                 print(f"started {run.name} (pid {proc.pid}); log: {log}", flush=True)
                 running[proc] = (run, log, time.perf_counter())
+                busy += run.threads
             for proc in [p for p in running if p.poll() is not None]:
                 run, log, start = running.pop(proc)
                 took = time.perf_counter() - start
