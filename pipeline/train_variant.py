@@ -75,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
                 _create_experiment()
             run_local(runs, jobs, cores, logs / "logs")
         else:
-            threads = cfg.train.num_threads or executor.slurm.cpus_per_task
+            # a task's CPUs are shared by its torchrun ranks (one per GPU)
+            threads = cfg.train.num_threads or max(
+                1, executor.slurm.cpus_per_task // max(1, executor.slurm.gpus_per_run)
+            )
             print(f"executor slurm: {len(cfg.seeds)} runs of {cfg.variant}, train.num_threads {threads} each")
             _create_experiment()
             runs = [Run(f"{cfg.variant}-seed{s}", run_argv(s, threads)) for s in cfg.seeds]

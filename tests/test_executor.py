@@ -54,7 +54,7 @@ def test_check_params_rejects_threads_that_contradict_train_num_threads(tmp_path
     ("jobs", "threads", "runs", "cores", "num_threads", "plan"),
     [
         ("auto", "auto", 3, 2, 0, (2, [1, 1, 2])),  # 2 cores: two 1-thread runs, then one on both cores
-        ("auto", "auto", 2, 2, 0, (2, [1, 1])),  # (RESULTS §6: 1.35x the images of one 2-thread run)
+        ("auto", "auto", 2, 2, 0, (2, [1, 1])),  # (RESULTS §7: 1.35x the images of one 2-thread run)
         ("auto", "auto", 1, 2, 0, (1, [2])),  # one run gets both cores
         ("auto", "auto", 5, 2, 0, (2, [1, 1, 1, 1, 2])),
         ("auto", "auto", 3, 8, 0, (3, [2, 2, 2])),  # 8 cores: every seed at once
@@ -157,3 +157,54 @@ def test_a_stage_whose_runs_fail_at_start_names_each_run_and_its_log(tmp_path):
             in proc.stderr
         )
     assert "no-data" in proc.stderr  # the tail of the log says what went wrong
+
+
+@pytest.mark.slow
+def test_two_runs_at_once_equal_one_at_a_time_and_share_the_mlflow_store(tmp_path):
+    """A tiny-profile train stage through `dvc repro` (2 seeds: two 1-thread runs at once, logging to one
+    fresh SQLite store), then the same runs one at a time at 1 thread: the same weights and losses, and
+    four FINISHED MLflow runs, each with every step logged once."""
+    from mlflow.tracking import MlflowClient
+    from test_end_to_end import make_tiny_repo
+
+    env = make_tiny_repo(tmp_path)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["seeds"] = [0, 1]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro", "train_tood"], cwd=tmp_path, env=env, capture_output=True,
+        text=True, check=False, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "up to 2 at once; train.num_threads tood-seed0 1, tood-seed1 1" in proc.stdout
+    assert proc.stdout.count('{"variant": "tood"') == 2  # each run's summary, relayed from its log
+
+    params["executor"]["local"].update(jobs=1, threads_per_run=1)
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.train_variant", "--params", "one.yaml", "--variant", "tood",
+         "--out", "one/tood", "--work-dir", "one/.work"],
+        cwd=tmp_path, env={**env, "DVC_ROOT": str(tmp_path)}, capture_output=True, text=True, check=False,
+        timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    import torch
+
+    for seed in (0, 1):
+        at_once, alone = (tmp_path / d / "tood" / f"seed{seed}" for d in ("runs", "one"))
+        assert (at_once / "losses.csv").read_text() == (alone / "losses.csv").read_text()
+        a, b = (
+            torch.load(d / "last.pt", map_location="cpu", weights_only=False)["model"]
+            for d in (at_once, alone)
+        )
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("tood-ablations").experiment_id], "tags.variant = 'tood'"
+    )
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.params["train.num_threads"] for r in runs} == {"1"}
+    for run in runs:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+        assert steps and steps == sorted(set(steps))

@@ -277,7 +277,7 @@ class LocalExecutorConfig:
     auto (tood.engine.executor.local_plan): jobs = min(usable cores, the stage's runs), threads_per_run =
     cores // jobs (a last, partial wave of r runs: cores // r). It prefers processes to threads because two
     1-thread runs at once trained 1.35x the images of one 2-thread run on our 2-core Xeon (bench/RESULTS.md
-    §6). A rule, never a timing: the thread count changes CPU numerics, so one machine and one params.yaml
+    §7). A rule, never a timing: the thread count changes CPU numerics, so one machine and one params.yaml
     always give a run the same one.
     """
 

@@ -10,7 +10,7 @@ The stage waits for all of its runs; when any fails it raises RunsFailed naming 
 and the log's tail, after the other runs finished (their results are kept and a re-run skips them).
 
 This module does not import torch or MLflow: the stage process only launches and waits, and its start-up
-is paid once more per stage than before, by an interpreter that imports little (bench/RESULTS.md §6).
+is paid once more per stage than before, by an interpreter that imports little (bench/RESULTS.md §7).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def local_plan(
     """(runs at once, torch threads of each run) for `runs` runs on `cores` cores.
 
     auto prefers processes to threads: on our 2-core Xeon two 1-thread runs at once trained 71.3 images/s
-    against 52.9 for one 2-thread run (1.35x; bench/RESULTS.md §6), as a small model's intra-op threads
+    against 52.9 for one 2-thread run (1.35x; bench/RESULTS.md §7), as a small model's intra-op threads
     leave a core idle part of each step. So jobs = min(cores, runs) runs go at once, in waves, with
     cores // jobs threads each, and the last, partial wave of r runs gets cores // r threads each
     (3 seeds on 2 cores: two 1-thread runs, then one 2-thread run). A rule of (runs, cores),
