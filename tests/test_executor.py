@@ -16,7 +16,15 @@ import pytest
 import yaml
 
 from tood.config import ConfigError, LocalExecutorConfig, load_executor_config
-from tood.engine.executor import Run, RunsFailed, local_plan, run_local, slurm_parameters
+from tood.engine.executor import (
+    Run,
+    RunsFailed,
+    TrainTask,
+    local_plan,
+    run_command,
+    run_local,
+    slurm_parameters,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -208,3 +216,15 @@ def test_two_runs_at_once_equal_one_at_a_time_and_share_the_mlflow_store(tmp_pat
     for run in runs:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
         assert steps and steps == sorted(set(steps))
+
+
+def test_a_requeued_slurm_task_resubmits_the_same_run_and_multi_gpu_runs_use_torchrun():
+    """submitit calls checkpoint() on preemption or time-out; what it returns is resubmitted, and the run
+    then resumes from its last.pt (tood.engine.train)."""
+    argv = ["--variant", "tood", "--seed", "0", "--out", "runs/tood/seed0"]
+    again = TrainTask(gpus=8).checkpoint(argv)
+    assert isinstance(again.function, TrainTask) and again.function.gpus == 8 and again.args == (argv,)
+    assert run_command(argv, gpus=8)[1:6] == [
+        "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=8", "-m",
+    ]  # fmt: skip
+    assert run_command(argv)[1:3] == ["-m", "pipeline.train_run"]
