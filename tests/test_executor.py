@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,27 @@ def test_a_requeued_slurm_task_resubmits_the_same_run_and_multi_gpu_runs_use_tor
         "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=8", "-m",
     ]  # fmt: skip
     assert run_command(argv)[1:3] == ["-m", "pipeline.train_run"]
+
+
+def test_stopping_the_stage_stops_its_runs(tmp_path):
+    """SIGTERM to the stage's process (a killed `dvc repro`) ends the runs it started; they resume later."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        from tood.engine.executor import Run, run_local
+        sleeper = lambda argv: [sys.executable, "-c", "import os, time; print(os.getpid(), flush=True); time.sleep(60)"]
+        run_local([Run("v-seed0", ()), Run("v-seed1", ())], 2, 2, Path({str(tmp_path)!r}), command=sleeper)
+        """
+    )
+    stage = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    logs = [tmp_path / "v-seed0.log", tmp_path / "v-seed1.log"]
+    deadline = time.monotonic() + 30
+    while not all(log.exists() and log.read_text().strip() for log in logs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pids = [int(log.read_text().split()[0]) for log in logs]
+    stage.terminate()
+    assert stage.wait(timeout=20) == 128 + 15
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):  # ended and reaped by the stage
+            os.kill(pid, 0)

@@ -16,6 +16,7 @@ is paid once more per stage than before, by an interpreter that imports little (
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -96,6 +97,7 @@ def run_local(
     RunsFailed once all have ended."""
     logs.mkdir(parents=True, exist_ok=True)
     pending, running, failed = list(runs), {}, []
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so that `finally` stops the runs
     try:
         while pending or running:
             busy = sum(run.threads for run, _, _ in running.values())
@@ -116,13 +118,18 @@ def run_local(
                 else:
                     failed.append((run.name, f"exit code {proc.returncode}", log))
             time.sleep(poll_s)
-    finally:  # Ctrl-C / a signal to the stage: stop the runs it started (each resumes from last.pt later)
+    finally:  # Ctrl-C / SIGTERM to the stage: stop the runs it started (each resumes from last.pt later)
+        signal.signal(signal.SIGTERM, previous)
         for proc in running:
             proc.terminate()
         for proc in running:
             proc.wait()
     if failed:
         raise RunsFailed(failure_message(failed, len(runs)))
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def relay(log: Path) -> None:
