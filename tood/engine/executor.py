@@ -182,8 +182,17 @@ class TrainTask:
 
 
 # Slurm job states after which a job that wrote no result will not write one
-# (https://slurm.schedmd.com/squeue.html#SECTION_JOB-STATE-CODES)
-FINAL_STATES = {"BOOT_FAIL", "CANCELLED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "TIMEOUT"}
+# (https://slurm.schedmd.com/squeue.html#SECTION_JOB-STATE-CODES), and GONE: unknown to Slurm by now
+FINAL_STATES = {
+    "BOOT_FAIL",
+    "CANCELLED",
+    "DEADLINE",
+    "FAILED",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "TIMEOUT",
+    "GONE",
+}
 
 
 def slurm_parameters(cfg: SlurmExecutorConfig, name: str) -> dict:
@@ -208,7 +217,6 @@ def slurm_parameters(cfg: SlurmExecutorConfig, name: str) -> dict:
 def run_slurm(runs: Sequence[Run], cfg: SlurmExecutorConfig, folder: Path, name: str, poll_s: float = 2.0):
     """Submit `runs` as one job array, wait for every task; raises RunsFailed naming each failed task."""
     import submitit
-    from submitit.core.utils import FailedJobError, UncompletedJobError
 
     executor = submitit.AutoExecutor(
         folder=folder / "%j", cluster="slurm", slurm_max_num_timeout=cfg.max_requeues
@@ -218,6 +226,22 @@ def run_slurm(runs: Sequence[Run], cfg: SlurmExecutorConfig, folder: Path, name:
     for run, job in zip(runs, jobs):
         print(f"submitted {run.name}: Slurm job {job.job_id}; log: {job.paths.stdout}", flush=True)
     failed, waiting = [], dict(zip(jobs, runs))
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        _wait_slurm(waiting, failed, poll_s)
+    except BaseException:  # Ctrl-C / SIGTERM to the stage: cancel its tasks (they resume from last.pt later)
+        for job in waiting:
+            job.cancel(check=False)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if failed:
+        raise RunsFailed(failure_message(failed, len(runs), "Slurm tasks"))
+
+
+def _wait_slurm(waiting: dict, failed: list, poll_s: float) -> None:
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
     while waiting:
         for job in list(waiting):
             state = slurm_state(job)
@@ -233,8 +257,6 @@ def run_slurm(runs: Sequence[Run], cfg: SlurmExecutorConfig, folder: Path, name:
                 print(f"finished {run.name} (Slurm job {job.job_id})", flush=True)
                 relay(job.paths.stdout)
         time.sleep(poll_s)
-    if failed:
-        raise RunsFailed(failure_message(failed, len(runs), "Slurm tasks"))
 
 
 def slurm_state(job) -> str:
@@ -249,4 +271,6 @@ def slurm_state(job) -> str:
     for field in proc.stdout.split():
         if field.startswith("JobState="):
             return field.removeprefix("JobState=")
+    if "Invalid job id" in proc.stderr:  # ended more than MinJobAge ago, without writing a result
+        return "GONE"
     return "UNKNOWN"
