@@ -6,8 +6,9 @@
 
 Each (variant, seed) run is its own `python -m pipeline.train_run` process, started by params.yaml's
 `executor` (tood.engine.executor): `local` runs as many at once as fit on this machine, each logging to
-<work-dir>/logs/<variant>-seed<k>.log; `slurm` submits one job array (one task per seed). The stage waits
-for every run and exits 1 naming each failed run, its log and the log's tail; the other runs are kept.
+<work-dir>/logs/<variant>-seed<k>.log (a variant with one seed trains in this process, which is then that
+run's own); `slurm` submits one job array (one task per seed). The stage waits for every run and exits 1
+naming each failed run, its log and the log's tail; the other runs are kept.
 Under torchrun the seeds train one after the other in this process (every rank runs each one).
 
 Re-running resumes each seed from its last.pt; finished seeds are skipped (tood.engine.train.train). With
@@ -67,13 +68,17 @@ def main(argv: list[str] | None = None) -> int:
             cores = usable_cores()
             jobs, threads = local_plan(executor.local, len(cfg.seeds), cores, cfg.train.num_threads)
             runs = [Run(f"{cfg.variant}-seed{s}", run_argv(s, t), t) for s, t in zip(cfg.seeds, threads)]
+            where = f"up to {jobs} at once" if len(runs) > 1 else "in this process"
             print(
-                f"executor local: {len(runs)} runs of {cfg.variant} on {cores} usable cores, up to {jobs} at "
-                f"once; train.num_threads " + ", ".join(f"{r.name} {r.threads}" for r in runs), flush=True,
+                f"executor local: {len(runs)} runs of {cfg.variant} on {cores} usable cores, {where}; "
+                f"train.num_threads " + ", ".join(f"{r.name} {r.threads}" for r in runs), flush=True,
             )  # fmt: skip
-            if jobs > 1:
-                _create_experiment()
-            run_local(runs, jobs, cores, logs / "logs")
+            if len(runs) == 1:  # the stage's process is the run's own: no second start-up
+                train_run.main(list(runs[0].argv))
+            else:
+                if jobs > 1:
+                    _create_experiment()
+                run_local(runs, jobs, cores, logs / "logs")
         else:
             # a task's CPUs are shared by its torchrun ranks (one per GPU)
             threads = cfg.train.num_threads or max(
