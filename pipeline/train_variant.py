@@ -56,8 +56,15 @@ def main(argv: list[str] | None = None) -> int:
         return tuple(argv + (["--data-root", str(args.data_root)] if args.data_root is not None else []))
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: every rank trains each seed here
-        for seed in cfg.seeds:
-            train_run.main(list(run_argv(seed, cfg.train.num_threads)))
+        import torch
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")  # once for all seeds
+        try:
+            for seed in cfg.seeds:
+                train_run.main(list(run_argv(seed, cfg.train.num_threads)))
+        finally:
+            dist.destroy_process_group()
         if int(os.environ.get("RANK", "0")) == 0:
             _write_curves(args, cfg.seeds)
         return 0
