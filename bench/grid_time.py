@@ -10,7 +10,9 @@ includes DVC's own hashing and lock writing. Inside it, the stage prints `timing
             inference_s    run_inference (forward + post-processing + alignment stats)
             cocoeval_s     pycocotools COCOeval
 compute = train_steps_s, or inference_s + cocoeval_s; rest = stage - startup - compute (DVC before and
-after the process, checkpoints, MLflow logging, process exit). Stages DVC skips as unchanged take ~0 s;
+after the process, checkpoints, MLflow logging, process exit). Under `executor.local` a stage's runs may
+overlap: their timing lines are relayed by the stage, compute sums the runs' step time and can then exceed
+the stage's wall time (compare wall times; bench/RESULTS.md §7). Stages DVC skips as unchanged take ~0 s;
 pass --force to time a from-scratch run. The run is the real pipeline: it rewrites dvc.lock and reports/.
 
     .venv/bin/python -m bench.grid_time [--force] [--json PATH] [TARGET ...]   (repo root; nothing else running)
@@ -63,7 +65,7 @@ def run_repro(force: bool, targets: list[str], single_item: bool = False) -> tup
 
 
 def add_timing(stage: dict, figures: dict) -> None:
-    """Sum a stage's timing lines (one per seed); start-up is the first seed's (later seeds pay no imports)."""
+    """Sum a stage's timing lines (one per seed); start-up is the first seed's (the first to start)."""
     for key, value in figures.items():
         if key.startswith("startup"):
             stage.setdefault(key, value)

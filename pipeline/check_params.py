@@ -18,7 +18,8 @@ import argparse
 from pathlib import Path
 
 from pipeline.cli import run
-from tood.config import load_params, resolve_run_config, variant_names
+from tood.config import load_executor_config, load_params, resolve_run_config, variant_names
+from tood.engine.executor import local_plan
 
 STAMP = "params.yaml passed pipeline.check_params (every key known, every value valid)\n"
 
@@ -35,8 +36,10 @@ def main(argv: list[str] | None = None) -> int:
 
     params = load_params(args.params)
     names = variant_names(params)
+    executor = load_executor_config(params, where=str(args.params))
     for variant in names:
-        resolve_run_config(params, variant, where=str(args.params))
+        cfg = resolve_run_config(params, variant, where=str(args.params))
+        local_plan(executor.local, runs=1, cores=1, num_threads=cfg.train.num_threads)  # they agree
     args.stamp.parent.mkdir(parents=True, exist_ok=True)
     args.stamp.write_text(STAMP)
     print(f"{args.params}: valid ({len(names)} variants)")

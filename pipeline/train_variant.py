@@ -2,7 +2,14 @@
 
     python -m pipeline.train_variant --variant tood --out runs/tood --work-dir runs/.work \
         --curves reports/curves/tood.csv
-    torchrun --nproc-per-node 2 -m pipeline.train_variant --variant tood --out runs/tood   # DDP
+    torchrun --nproc-per-node 2 -m pipeline.train_variant --variant tood --out runs/tood   # DDP, in-process
+
+Each (variant, seed) run is its own `python -m pipeline.train_run` process, started by params.yaml's
+`executor` (tood.engine.executor): `local` runs as many at once as fit on this machine, each logging to
+<work-dir>/logs/<variant>-seed<k>.log (a variant with one seed trains in this process, which is then that
+run's own); `slurm` submits one job array (one task per seed). The stage waits for every run and exits 1
+naming each failed run, its log and the log's tail; the other runs are kept.
+Under torchrun the seeds train one after the other in this process (every rank runs each one).
 
 Re-running resumes each seed from its last.pt; finished seeds are skipped (tood.engine.train.train). With
 --work-dir (what dvc.yaml passes) each seed trains in its own folder there, keyed by its settings, and
@@ -14,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
+import sys
 from pathlib import Path
 
+from pipeline import train_run
 from pipeline.cli import run
-from tood.config import load_run_config
+from tood.config import load_executor_config, load_params, resolve_repo_path, resolve_run_config
+from tood.engine.executor import Run, RunsFailed, local_plan, run_local, run_slurm, usable_cores
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,30 +45,74 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     args = parser.parse_args(argv)
 
-    cfg = load_run_config(args.params, args.variant)
-    import torch  # after parsing and the config check: --help and a bad params.yaml answer at once
-    import torch.distributed as dist
+    params = load_params(args.params)
+    cfg = resolve_run_config(params, args.variant, where=str(args.params))
+    executor = load_executor_config(params, where=str(args.params))
 
-    from tood.engine.train import train, train_published
+    def run_argv(seed: int, threads: int) -> tuple[str, ...]:
+        argv = ["--params", str(args.params), "--variant", cfg.variant, "--seed", str(seed)]
+        argv += ["--out", str(args.out / f"seed{seed}"), "--threads", str(threads)]
+        argv += ["--work-dir", str(args.work_dir)] if args.work_dir is not None else []
+        return tuple(argv + (["--data-root", str(args.data_root)] if args.data_root is not None else []))
 
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
-    if distributed:  # launched by torchrun: NCCL on GPU, gloo on CPU
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    try:
-        for seed in cfg.seeds:
-            out = args.out / f"seed{seed}"
-            if args.work_dir is None:
-                summary = train(cfg, seed, out, data_root=args.data_root)
-            else:
-                summary = train_published(cfg, seed, out, args.work_dir, data_root=args.data_root)
-            if not dist.is_initialized() or dist.get_rank() == 0:
-                print(json.dumps({"variant": cfg.variant, "seed": seed, **summary}))
-        if args.curves is not None and (not dist.is_initialized() or dist.get_rank() == 0):
-            write_mean_curve([args.out / f"seed{s}" / "losses.csv" for s in cfg.seeds], args.curves)
-    finally:
-        if distributed:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: every rank trains each seed here
+        import torch
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")  # once for all seeds
+        try:
+            for seed in cfg.seeds:
+                train_run.main(list(run_argv(seed, cfg.train.num_threads)))
+        finally:
             dist.destroy_process_group()
+        if int(os.environ.get("RANK", "0")) == 0:
+            _write_curves(args, cfg.seeds)
+        return 0
+
+    logs = resolve_repo_path(args.work_dir if args.work_dir is not None else args.out)
+    try:
+        if executor.kind == "local":
+            cores = usable_cores()
+            jobs, threads = local_plan(executor.local, len(cfg.seeds), cores, cfg.train.num_threads)
+            runs = [Run(f"{cfg.variant}-seed{s}", run_argv(s, t), t) for s, t in zip(cfg.seeds, threads)]
+            where = f"up to {jobs} at once" if len(runs) > 1 else "in this process"
+            print(
+                f"executor local: {len(runs)} runs of {cfg.variant} on {cores} usable cores, {where}; "
+                f"train.num_threads " + ", ".join(f"{r.name} {r.threads}" for r in runs), flush=True,
+            )  # fmt: skip
+            if len(runs) == 1:  # the stage's process is the run's own: no second start-up
+                train_run.main(list(runs[0].argv))
+            else:
+                if jobs > 1:
+                    _create_experiment()
+                run_local(runs, jobs, cores, logs / "logs")
+        else:
+            # a task's CPUs are shared by its torchrun ranks (one per GPU)
+            threads = cfg.train.num_threads or max(
+                1, executor.slurm.cpus_per_task // max(1, executor.slurm.gpus_per_run)
+            )
+            print(f"executor slurm: {len(cfg.seeds)} runs of {cfg.variant}, train.num_threads {threads} each")
+            _create_experiment()
+            runs = [Run(f"{cfg.variant}-seed{s}", run_argv(s, threads)) for s in cfg.seeds]
+            run_slurm(runs, executor.slurm, logs / "slurm", name=f"train_{cfg.variant}")
+    except RunsFailed as e:
+        print(f"pipeline.train_variant: error: {cfg.variant}: {e}", file=sys.stderr)
+        return 1
+    _write_curves(args, cfg.seeds)
     return 0
+
+
+def _create_experiment() -> None:
+    """Create the MLflow store and experiment here, once, before runs log to it from several processes at
+    once: two processes creating a fresh SQLite store race on its schema migration."""
+    from tood.engine import tracking
+
+    tracking.configure_tracking()
+
+
+def _write_curves(args: argparse.Namespace, seeds) -> None:
+    if args.curves is not None:
+        write_mean_curve([args.out / f"seed{s}" / "losses.csv" for s in seeds], args.curves)
 
 
 def write_mean_curve(paths: list[Path], out: Path) -> None:

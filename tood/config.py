@@ -11,6 +11,7 @@ params.yaml layout (see the file itself for every value and its source):
     data, model, assign, loss, optim, train, eval    shared sections, one dataclass each
     headline             overrides for the headline `tood` variant (its alpha/beta come from the top level)
     variants             {name: overrides}, one entry per paper ablation cell
+    executor             where a train stage's runs execute (local processes or Slurm); not a training setting
 
 A variant's overrides are flat keys of `model` or `assign` (e.g. `head: parallel`, `assigner: atss`,
 `alpha: 0.5`), plus `seeds: [...]`, which replaces the top-level list for that variant only (issue 10:
@@ -270,6 +271,67 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class LocalExecutorConfig:
+    """`executor.local`: a train stage's (variant, seed) runs as processes on this machine, `jobs` at once.
+
+    auto (tood.engine.executor.local_plan): jobs = min(usable cores, the stage's runs), threads_per_run =
+    cores // jobs (a last, partial wave of r runs: cores // r). It prefers processes to threads because two
+    1-thread runs at once trained 1.35x the images of one 2-thread run on our 2-core Xeon (bench/RESULTS.md
+    §7). A rule, never a timing: the thread count changes CPU numerics, so one machine and one params.yaml
+    always give a run the same one.
+    """
+
+    jobs: int | Literal["auto"] = "auto"
+    threads_per_run: int | Literal["auto"] = "auto"
+
+    def __post_init__(self):
+        for name in ("jobs", "threads_per_run"):
+            if getattr(self, name) != "auto":
+                _check_range(self, name, lo=1)
+
+
+@dataclass(frozen=True)
+class SlurmExecutorConfig:
+    """`executor.slurm`: one Slurm job array per train stage through submitit (one task per seed)."""
+
+    partition: str = ""  # "" = the cluster's default partition
+    time_min: int = 720  # wall-time limit of one task, minutes; a timed-out task is requeued and resumes
+    cpus_per_task: int = 8  # also the run's torch intra-op threads (train.num_threads)
+    gpus_per_run: int = 0  # 0: a CPU run; >1: torchrun/DDP inside the task, one process per GPU
+    mem_gb: int = 0  # 0 = the partition's default
+    max_requeues: int = 3  # preemptions / time-outs a task may be requeued after (submitit max_num_timeout)
+    sbatch: tuple[str, ...] = ()  # extra sbatch options as "key=value", e.g. "account=mylab", "qos=normal"
+
+    def __post_init__(self):
+        _check_range(self, "time_min", lo=1)
+        _check_range(self, "cpus_per_task", lo=1)
+        _check_range(self, "gpus_per_run", lo=0)
+        _check_range(self, "mem_gb", lo=0)
+        _check_range(self, "max_requeues", lo=0)
+        for option in self.sbatch:
+            key, sep, _ = option.partition("=")
+            if not sep or not key.strip() or key.startswith("-"):
+                raise ConfigError(
+                    f"executor.slurm.sbatch: {option!r} should be key=value without dashes, e.g. account=mylab"
+                )
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """`executor`: where a train stage's runs execute. Not a training setting: no stage lists it in
+    dvc.yaml, so switching local <-> slurm re-runs nothing and leaves dvc.lock as it is."""
+
+    kind: Literal["local", "slurm"] = "local"
+    local: LocalExecutorConfig = field(default_factory=LocalExecutorConfig)
+    slurm: SlurmExecutorConfig = field(default_factory=SlurmExecutorConfig)
+
+
+def load_executor_config(params: dict[str, Any], where: str = "params") -> ExecutorConfig:
+    """The validated `executor` section (defaults where it is absent)."""
+    return from_dict(ExecutorConfig, params.get("executor") or {}, where, "executor")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     variant: str
     seeds: tuple[int, ...] = (0,)
@@ -314,7 +376,7 @@ resolve_data_root = resolve_repo_path  # data.root is the main user of this rule
 
 
 _SECTIONS = ("shapes", "pretrain", "data", "model", "assign", "loss", "optim", "train", "eval")
-_TOP_LEVEL = {"alpha", "beta", "seeds", "trial", "headline", "variants", *_SECTIONS}
+_TOP_LEVEL = {"alpha", "beta", "seeds", "trial", "headline", "variants", "executor", *_SECTIONS}
 
 
 def load_params(path: str | Path) -> dict[str, Any]:
@@ -489,7 +551,7 @@ def _convert(tp: Any, value: Any, where: str, key: str) -> Any:
                 return _convert(a, value, where, key)
             except ConfigError:
                 pass
-        raise ConfigError(f"{where}: {key}: {value!r} should be one of {args}")
+        raise ConfigError(f"{where}: {key}: {value!r} should be {' or '.join(_describe(a) for a in args)}")
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: {key}: {value!r} should be a number")
@@ -499,6 +561,13 @@ def _convert(tp: Any, value: Any, where: str, key: str) -> Any:
             raise ConfigError(f"{where}: {key}: {value!r} should be {tp.__name__}")
         return value
     raise TypeError(f"unsupported config type {tp} at {key}")
+
+
+def _describe(tp: Any) -> str:
+    """A type as an error message names it: int -> "an int", Literal["auto"] -> "'auto'"."""
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
 
 def _check_range(obj: Any, name: str, lo=None, hi=None, lo_open: bool = False) -> None:
@@ -522,6 +591,8 @@ _SECTION_OF = {
     "OptimConfig": "optim",
     "TrainConfig": "train",
     "EvalConfig": "eval",
+    "LocalExecutorConfig": "executor.local",
+    "SlurmExecutorConfig": "executor.slurm",
 }
 
 

@@ -1,8 +1,8 @@
 """Paper vs ours: what the `evaluate` and `tabulate` stages write.
 
-    paper.py       the paper's numbers and which variant makes each paper row
-    results.py     the grid's runs, per-variant statistics and Δ ± SE per ablation
-    tables.py      reports/tables.md and reports/summary.json
-    figures.py     the PNG figures
-    complexity.py  parameter counts and GFLOPs measured from the model (Table 1)
+paper.py       the paper's numbers and which variant makes each paper row
+results.py     the grid's runs, per-variant statistics and Δ ± SE per ablation
+tables.py      reports/tables.md and reports/summary.json
+figures.py     the PNG figures
+complexity.py  parameter counts and GFLOPs measured from the model (Table 1)
 """
