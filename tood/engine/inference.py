@@ -44,12 +44,14 @@ def run_inference(
     cat_ids: list[int],
     *,
     progress: bool = True,
+    alignment: bool = True,
 ) -> tuple[list[dict], list[dict]]:
     """Run `detector` over every batch of `loader` (eval mode, no grad).
 
     Returns:
         results: COCO results [{image_id, category_id, bbox xywh in original pixels, score}, ...].
-        stats: one tood.engine.evaluate.alignment_stats dict per image (add up with summarize_alignment).
+        stats: one tood.engine.evaluate.alignment_stats dict per image (add up with summarize_alignment);
+            empty with alignment=False (the budget curve's AP-only points skip that analysis).
     """
     detector.eval()
     device = next(detector.parameters()).device
@@ -62,6 +64,8 @@ def run_inference(
             out, batch.metas, tuple(images.shape[-2:]), eval_cfg, use_centerness
         )
         results += detections_to_coco(detections, batch.metas, cat_ids)
+        if not alignment:
+            continue
         scores = test_scores(out, use_centerness)  # (B, A, C)
         stats += [image_alignment(scores[i], out.boxes[i], batch, i, det) for i, det in enumerate(detections)]
     return results, stats
