@@ -122,6 +122,13 @@ def read_curve(path: Path) -> list[dict]:
     return [{k: int(r[k]) if k in ints else float(r[k]) for k in COLUMNS} for r in rows]
 
 
+def curve_columns(path: Path) -> dict:
+    """A run's curve for its metrics file: {"step": [...], "epoch": [...], "AP": [...], "AP50": [...],
+    "AP75": [...], "num_images": [...]} (lists in step order; empty lists for a run without curve)."""
+    rows = read_curve(path)
+    return {k: [r[k] for r in rows] for k in ("step", "epoch", *CURVE_KEYS, "num_images")}
+
+
 def _write_rows(path: Path, rows: list[dict], append: bool = False) -> None:
     """Rows of COLUMNS; a new (or rewritten) file starts with the header, so a run with curves off still
     has an (empty) curve.csv to publish."""

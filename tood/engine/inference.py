@@ -18,7 +18,7 @@ from tqdm import tqdm
 from tood.config import AssignConfig, EvalConfig, RunConfig, from_dict
 from tood.data.dataset import Batch, build_dataset, build_loader
 from tood.engine.evaluate import alignment_stats, coco_eval, detections_to_coco, summarize_alignment
-from tood.engine.runtime import pick_device, print_timing, process_age_s
+from tood.engine.runtime import device_name, pick_device, print_timing, process_age_s
 from tood.model.assigners import choose_assigner
 from tood.model.backbone import NO_WEIGHTS
 from tood.model.detector import Detections, Detector, centerness_factor
@@ -121,7 +121,10 @@ def evaluate_checkpoint(
 
     The model (and the ATSS/TAL test-score rule) comes from the checkpoint's own config; data and
     post-processing settings from `cfg`. Returns {AP, AP50, AP75, APs, APm, APl, pcc_top50, iou_top10,
-    n_correct, n_redundant, n_error, per_class: {name: AP}, num_images, num_detections, epochs}.
+    n_correct, n_redundant, n_error, per_class: {name: AP}, num_images, num_detections, epochs} and what
+    the result was measured on (issue 16: precision and CPU are part of the result): precision (the
+    resolved train.amp), device (the CPU model or GPU of each machine that trained it, "; "-joined; null
+    for a checkpoint older than that record) and eval_device (this machine; evaluation runs in fp32).
     """
     path = Path(checkpoint_path)
     # mmap: only the tensors used are read; the optimizer's momentum (half of last.pt) never is
@@ -145,4 +148,10 @@ def evaluate_checkpoint(
         startup_s=startup_s, startup_cpu_s=startup_cpu_s, inference_s=inference_s,
         cocoeval_s=time.perf_counter() - start - inference_s,
     )  # fmt: skip
-    return {**metrics, "num_images": len(dataset), "num_detections": len(results), "epochs": ckpt["epoch"]}
+    hardware = {
+        "precision": ckpt.get("amp"),
+        "device": "; ".join(ckpt.get("devices", [])) or None,
+        "eval_device": device_name(device),
+    }
+    counts = {"num_images": len(dataset), "num_detections": len(results), "epochs": ckpt["epoch"]}
+    return {**metrics, **counts, **hardware}
