@@ -10,8 +10,8 @@ import dataclasses
 import json
 
 import pytest
+import test_train  # the tiny COCO set, config and fixture of the training tests
 import torch
-from test_train import make_tiny_coco, tiny_config  # the tiny COCO generator and config of the training tests
 
 import tood.engine.train
 from tood.config import ConfigError, EvalConfig
@@ -23,20 +23,11 @@ from tood.engine.train import train
 
 
 def curve_cfg(root, every: int = 1, epochs: int = 3):
-    cfg = tiny_config(root / "data", epochs=epochs)
+    cfg = test_train.tiny_config(root / "data", epochs=epochs)
     return dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, curve_every_epochs=every))
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("curve")
-    make_tiny_coco(root / "data")
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-        mp.setenv("DVC_ROOT", str(root))
-        yield root
-    torch.set_num_threads(threads)
+env = test_train.env  # the training tests' fixture: the tiny COCO set and a private MLflow store
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +98,6 @@ def test_curves_leave_training_bit_identical(finished, env):
     assert read_curve(env / "no_curve" / CURVE_FILE) == []
 
 
-class Killed(Exception):
-    """Stands in for SIGKILL."""
-
-
 def test_killed_after_a_point_before_its_checkpoint_resumes_without_a_point_twice(finished, env, monkeypatch):
     """The worst moment: the point of epoch 2 is on disk and in MLflow, its checkpoint is not."""
     cfg, out_a, summary_a = finished
@@ -119,11 +106,11 @@ def test_killed_after_a_point_before_its_checkpoint_resumes_without_a_point_twic
 
     def dies_saving_epoch_two(state, *args, **kwargs):
         if state.epoch == 2:
-            raise Killed
+            raise test_train.Killed  # stands in for SIGKILL
         return real_save(state, *args, **kwargs)
 
     monkeypatch.setattr(tood.engine.train, "save_run_checkpoint", dies_saving_epoch_two)
-    with pytest.raises(Killed):
+    with pytest.raises(test_train.Killed):
         train(cfg, 0, out)
     assert [r["epoch"] for r in read_curve(out / CURVE_FILE)] == [1, 2]
     monkeypatch.setattr(tood.engine.train, "save_run_checkpoint", real_save)
