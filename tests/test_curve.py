@@ -147,3 +147,35 @@ def test_finished_run_warns_when_its_curve_was_measured_at_other_epochs(finished
     sparser = curve_cfg(env, every=2)
     with pytest.warns(UserWarning, match=r"epochs \[1, 2, 3\].*asks for \[2, 3\]"):
         assert train(sparser, 0, out) == summary  # not re-run: the settings change nothing it trains
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_record_one_curve_on_rank_zero(env, tmp_path):
+    """torchrun with 2 ranks through the train CLI: rank 0 alone measures (the other waits for it at the
+    next all-reduce), the run finishes, and its curve has each point once."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    params = {
+        "alpha": 1.0, "beta": 6.0, "seeds": [0], "data": {"root": str(env / "data"), "img_scale": [64, 64]},
+        "model": {"depth": 18, "fpn_channels": 16, "stacked_convs": 2, "gn_groups": 4},
+        "assign": {"warmup_epochs": 1}, "optim": {"warmup_iters": 3},
+        "train": {"epochs": 2, "batch_size": 2, "log_every": 1, "num_threads": 1, "amp": "fp32"},
+        "eval": {"batch_size": 2, "curve_every_epochs": 1}, "variants": {},
+    }  # fmt: skip
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    repo = test_train.Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += ["-m", "pipeline.train_variant", "--params", str(tmp_path / "params.yaml"), "--variant", "tood"]
+    cmd += ["--out", str(tmp_path / "runs")]
+    run_env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    run_env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/m.db"
+    proc = subprocess.run(
+        cmd, cwd=repo, env=run_env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = read_curve(tmp_path / "runs" / "seed0" / CURVE_FILE)
+    assert [(r["step"], r["epoch"]) for r in rows] == [(2, 1), (4, 2)]  # 4 images, global batch 2
