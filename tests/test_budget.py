@@ -35,6 +35,7 @@ def report(tmp_path_factory):
         m = json.loads(path.read_text())
         for seed, sign in zip(("0", "1"), (1, -1)):
             m["seeds"][seed] |= {"precision": "bf16", "device": "Test CPU", "eval_device": "Test CPU"}
+            m["seeds"][seed]["num_images"] = 512  # the evaluate stage's
             if m["variant"] in CURVES:
                 ap = [v + sign * 0.005 for v in CURVES[m["variant"]]]
                 m["seeds"][seed]["curve"] = {
@@ -43,6 +44,7 @@ def report(tmp_path_factory):
                     "AP": ap,
                     "AP50": ap,
                     "AP75": ap,
+                    "num_images": [256] * 4,
                 }
         path.write_text(json.dumps(m))
     text = run_tabulate(tmp)
@@ -105,6 +107,7 @@ def test_over_the_budget_section_summary_json_and_hardware(report):
     assert summary["budget"]["t1_af_thead"]["stability"] == "budget-dependent"
     assert [p["verdict"] for p in summary["budget"]["t2_tal"]["points"]] == ["reproduces"] * 4
     assert summary["hardware"] == "bf16 on Test CPU"
+    assert "Curve points: 256 val images (the evaluate stage: 512): the last point's Δ can differ" in text
     assert "Trained in bf16 on Test CPU" in text
 
 

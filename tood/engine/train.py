@@ -2,7 +2,8 @@
 
 The step, the epoch and the lr schedule are in tood.engine.loop; checkpoints, fingerprints and the keyed
 work folders in tood.engine.checkpoint; devices and precision in tood.engine.runtime; losses.csv and
-MLflow metrics in tood.engine.runlog. This module puts them together into one run.
+MLflow metrics in tood.engine.runlog; the budget curve (AP at a few points of the run, issue 16) in
+tood.engine.curve. This module puts them together into one run.
 
 Resuming: `out_dir/last.pt` is written (atomically) at the end of every epoch, and once before the first
 one, with the model, optimizer, completed epoch, iteration and every RNG state. A re-run of `train` with

@@ -133,9 +133,30 @@ def render_budget(runs: Runs) -> str:
         "on the first `eval.curve_max_images` val images (0: all; tood/engine/curve.py). A verdict is "
         f"*stable* when it is the same at the last {BUDGET_POINTS} points, *budget-dependent* when it "
         "changes there: it then describes this budget, not the design. The points belong to one schedule "
-        "(lr drops included), not to shorter runs. Figures: budget_curves.png, budget_deltas.png."
+        "(lr drops included), not to shorter runs. Figures: budget_curves.png, budget_deltas.png. "
+        + curve_images_text(runs)
     )
     return md_table(header, body) + "\n\n" + note
+
+
+def curve_images_text(runs: Runs) -> str:
+    """How many val images the grid's curve points used, against the evaluate stage's count."""
+    counts = {
+        n
+        for m in runs.metrics.values()
+        for r in m["seeds"].values()
+        for n in (r.get("curve") or {}).get("num_images", [])
+    }
+    evaluated = {r.get("num_images") for m in runs.metrics.values() for r in m["seeds"].values()} - {None}
+    if not counts:
+        return ""  # no curves (or none saying how many images): the table says "no curve"
+    text = f"Curve points: {', '.join(map(str, sorted(counts)))} val images"
+    if counts == evaluated:
+        return text + ", the evaluate stage's: the last point's Δ is the Verdict column's."
+    return (
+        text + f" (the evaluate stage: {', '.join(map(str, sorted(evaluated))) or '?'}): the last point's Δ "
+        "can differ a little from the tables' and so, near the 2·SE threshold, its verdict."
+    )
 
 
 def _delta_text(delta: float, se: float) -> str:
