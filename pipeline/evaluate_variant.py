@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
 # per-seed entries that are not one number: the budget curve (logged by training as val/<key> at its steps)
 # and the hardware record (MLflow tags device / precision from training, eval_device here)
-NOT_LOGGED = ("curve", "precision", "device", "eval_device")
+# and the run's times (logged by training at step 0)
+NOT_LOGGED = ("curve", "precision", "device", "eval_device", "train_time_s", "curve_time_s")
 
 
 def log_to_run(cfg: RunConfig, seed: int, run_id: str, metrics: dict, complexity: dict) -> None:

@@ -36,6 +36,7 @@ def report(tmp_path_factory):
         for seed, sign in zip(("0", "1"), (1, -1)):
             m["seeds"][seed] |= {"precision": "bf16", "device": "Test CPU", "eval_device": "Test CPU"}
             m["seeds"][seed]["num_images"] = 512  # the evaluate stage's
+            m["seeds"][seed] |= {"train_time_s": 90.0, "curve_time_s": 10.0} if seed == "0" else {}
             if m["variant"] in CURVES:
                 ap = [v + sign * 0.005 for v in CURVES[m["variant"]]]
                 m["seeds"][seed]["curve"] = {
@@ -107,6 +108,13 @@ def test_over_the_budget_section_summary_json_and_hardware(report):
     assert summary["budget"]["t1_af_thead"]["stability"] == "budget-dependent"
     assert [p["verdict"] for p in summary["budget"]["t2_tal"]["points"]] == ["reproduces"] * 4
     assert summary["hardware"] == "bf16 on Test CPU"
+    assert summary["curve_cost"] == {"runs": 12, "curve_s": 120.0, "train_s": 1080.0, "share": 0.1}  # seed 0s
+    from bench.targets import curve_cost_line
+
+    assert curve_cost_line(summary["curve_cost"]) == (
+        "budget curves: 120 s of 1200 s training (10.0%, 12 runs): ≤ 10% met"
+    )
+    assert "NOT met" in curve_cost_line(summary["curve_cost"] | {"share": 0.11})
     assert "Curve points: 256 val images (the evaluate stage: 512): the last point's Δ can differ" in text
     assert "Trained in bf16 on Test CPU" in text
 

@@ -124,7 +124,8 @@ def evaluate_checkpoint(
     n_correct, n_redundant, n_error, per_class: {name: AP}, num_images, num_detections, epochs} and what
     the result was measured on (issue 16: precision and CPU are part of the result): precision (the
     resolved train.amp), device (the CPU model or GPU of each machine that trained it, "; "-joined; null
-    for a checkpoint older than that record) and eval_device (this machine; evaluation runs in fp32).
+    for a checkpoint older than that record) and eval_device (this machine; evaluation runs in fp32); and
+    the run's train_time_s (its epochs) and curve_time_s (its budget-curve points; null before issue 16).
     """
     path = Path(checkpoint_path)
     # mmap: only the tensors used are read; the optimizer's momentum (half of last.pt) never is
@@ -148,7 +149,10 @@ def evaluate_checkpoint(
         startup_s=startup_s, startup_cpu_s=startup_cpu_s, inference_s=inference_s,
         cocoeval_s=time.perf_counter() - start - inference_s,
     )  # fmt: skip
+    summary = ckpt.get("summary") or {}  # the run's own time: what the budget curve cost it (issue 16)
     hardware = {
+        "train_time_s": summary.get("train_time_s"),
+        "curve_time_s": summary.get("curve_time_s"),
         "precision": ckpt.get("amp"),
         "device": "; ".join(ckpt.get("devices", [])) or None,
         "eval_device": device_name(device),

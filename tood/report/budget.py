@@ -302,6 +302,16 @@ def summary_json(runs: Runs) -> dict[str, Any]:
     return out
 
 
+def cost_json(runs: Runs) -> dict[str, Any]:
+    """What the budget curves cost the grid: their seconds against the epochs' over every run that records
+    both (issue 16's target: at most 10%); share null when no run does."""
+    seeds = [r for m in runs.metrics.values() for r in m["seeds"].values()]
+    timed = [r for r in seeds if r.get("curve_time_s") is not None and r.get("train_time_s")]
+    curve_s, train_s = sum(r["curve_time_s"] for r in timed), sum(r["train_time_s"] for r in timed)
+    share = curve_s / (curve_s + train_s) if timed else None
+    return {"runs": len(timed), "curve_s": round(curve_s, 1), "train_s": round(train_s, 1), "share": share}
+
+
 def _num(x: float) -> float | None:
     return None if math.isnan(x) else round(x, 4)
 

@@ -334,6 +334,7 @@ def build_summary(runs: Runs) -> dict[str, Any]:
     }
     head = {"paper": paper.SOURCE, "ap_scale": "0-100", "trial": runs.trial}
     extra = {"budget": budget.summary_json(runs), "hardware": budget.hardware_text(*runs.metrics.values())}
+    extra["curve_cost"] = budget.cost_json(runs)
     return head | {"variants": variants, "ablations": ablations} | extra
 
 
