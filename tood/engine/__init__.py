@@ -5,7 +5,6 @@
     checkpoint.py  checkpoints, RNG state, fingerprints, the keyed work folders, publishing
     runtime.py     device and rank, the resolved precision, seeding, timing lines
     runlog.py      losses.csv and MLflow metrics of a run, without a step twice after a resume
-    curve.py       the budget curve: AP of the current weights at a few points of a run (issue 16)
     pretrain.py    the offline stand-in for ImageNet: a ResNet classifying generated shape crops
     inference.py   a trained detector over the val set -> COCO results, alignment stats, metrics
     evaluate.py    COCO box AP (pycocotools) and the Table 6 alignment analysis

@@ -4,6 +4,5 @@
     results.py     the grid's runs, per-variant statistics and Δ ± SE per ablation
     tables.py      reports/tables.md and reports/summary.json
     figures.py     the PNG figures
-    budget.py      verdicts over the budget (the runs' AP curves), the summary that opens tables.md
     complexity.py  parameter counts and GFLOPs measured from the model (Table 1)
 """
