@@ -62,12 +62,19 @@ def test_delta_and_se_per_step_on_hand_made_curves(report):
     assert [p.verdict for p in points] == ["contradicts", "contradicts", "inconclusive", "reproduces"]
     assert budget.stability(points) == budget.DEPENDENT
     assert budget.stability_text(points) == (
-        "budget-dependent: contradicts → inconclusive → reproduces at steps 4, 6, 8"
+        "budget-dependent: contradicts → inconclusive → reproduces at steps 4, 6, 8; "
+        "the treated still gains +3.0 AP over the last 2 steps"
     )
     tal = budget.budget_points(budget._ablation("t2_tal"), runs)
     assert budget.stability_text(tal) == "stable: reproduces at steps 4, 6, 8"
     assert budget.stability(budget.budget_points(budget._ablation("t1_ab_thead"), runs)) == "no curve"
     assert budget.stability(tal[:2]) == "2 curve point(s), 3 needed"
+    # the same verdict at the last 3 points, but the treated side still rising by 2 AP: not stable
+    steady = [budget.BudgetPoint(t, 3.0, 0.5, "reproduces", 30.0, 33.0 + (t == 8) * 2.0) for t in STEPS]
+    assert budget.stability(steady[:3]) == budget.STABLE
+    assert budget.stability_text(steady) == (
+        "budget-dependent: reproduces at steps 4, 6, 8; the treated still gains +2.0 AP over the last 2 steps"
+    )
 
 
 def test_a_variant_curve_keeps_the_steps_every_seed_measured():

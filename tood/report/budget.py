@@ -30,6 +30,7 @@ from tood.report.results import DASH, Comparison, Runs, Stat, compare, fmt_value
 BUDGET_POINTS = 3  # the "last part of training": the last 3 curve points (epochs 6, 9, 12 by default)
 MAIN_ABLATIONS = ("t1_af_thead", "t1_ab_thead", "t2_tal", "t3_af_tood", "t3_ab_tood")  # issue 10's five
 FIGURES = ("budget_curves.png", "budget_deltas.png")
+RISING_AP = 1.0  # a side still gaining this much AP over the curve's last interval is not at its plateau
 STABLE, DEPENDENT = "stable", "budget-dependent"
 UNRECORDED = "not recorded (metrics files from before issue 16)"
 
@@ -69,6 +70,8 @@ class BudgetPoint:
     delta: float  # mean(treated) - mean(baseline), AP 0-100
     se: float  # Welch SE (NaN below 2 seeds a side)
     verdict: str  # tood.report.results.verdict at this step
+    base_ap: float = math.nan  # mean AP of each side at this step
+    treated_ap: float = math.nan
 
 
 def budget_points(ablation: Ablation, runs: Runs) -> list[BudgetPoint] | None:
@@ -84,17 +87,33 @@ def budget_points(ablation: Ablation, runs: Runs) -> list[BudgetPoint] | None:
     for step in sorted(set(ca.steps) & set(cb.steps)):
         a, b = ca.stat(ca.steps.index(step)), cb.stat(cb.steps.index(step))
         delta, se = b.mean - a.mean, standard_error(a, b)
-        points.append(BudgetPoint(step, delta, se, verdict("AP", paper_delta, delta, se, a.n, b.n)))
+        v = verdict("AP", paper_delta, delta, se, a.n, b.n)
+        points.append(BudgetPoint(step, delta, se, v, a.mean, b.mean))
     return points or None
 
 
+def rising(points: list[BudgetPoint]) -> list[tuple[str, float]]:
+    """The sides whose mean AP still rose by RISING_AP or more over the curve's last interval:
+    [("baseline" | "treated", gain)]. Such a side has not reached its plateau, so a verdict that looks
+    steady over the last points can still change with a longer budget."""
+    if len(points) < 2:
+        return []
+    gains = {
+        "baseline": points[-1].base_ap - points[-2].base_ap,
+        "treated": points[-1].treated_ap - points[-2].treated_ap,
+    }
+    return [(side, g) for side, g in gains.items() if g >= RISING_AP]
+
+
 def stability(points: list[BudgetPoint] | None, k: int = BUDGET_POINTS) -> str:
-    """STABLE (one verdict at the last k points), DEPENDENT (more than one), or why it is not known."""
+    """STABLE (one verdict at the last k points and neither side still rising), DEPENDENT (more than one
+    verdict, or a side still rising: see `rising`), or why it is not known."""
     if points is None:
         return "no curve"
     if len(points) < k:
         return f"{len(points)} curve point(s), {k} needed"
-    return STABLE if len({p.verdict for p in points[-k:]}) == 1 else DEPENDENT
+    steady = len({p.verdict for p in points[-k:]}) == 1 and not rising(points)
+    return STABLE if steady else DEPENDENT
 
 
 def stability_text(points: list[BudgetPoint] | None, k: int = BUDGET_POINTS) -> str:
@@ -104,8 +123,11 @@ def stability_text(points: list[BudgetPoint] | None, k: int = BUDGET_POINTS) -> 
         return word
     last = points[-k:]
     steps = ", ".join(f"{p.step:,}" for p in last)
-    verdicts = last[0].verdict if word == STABLE else " → ".join(p.verdict for p in last)
-    return f"{word}: {verdicts} at steps {steps}"
+    verdicts = last[0].verdict if len({p.verdict for p in last}) == 1 else " → ".join(p.verdict for p in last)
+    text = f"{word}: {verdicts} at steps {steps}"
+    for side, gain in rising(points):
+        text += f"; the {side} still gains {gain:+.1f} AP over the last {points[-1].step - points[-2].step:,} steps"
+    return text
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -131,10 +153,12 @@ def render_budget(runs: Runs) -> str:
     note = (
         "Each training run measures AP after every `eval.curve_every_epochs`-th epoch and after the last, "
         "on the first `eval.curve_max_images` val images (0: all; tood/engine/curve.py). A verdict is "
-        f"*stable* when it is the same at the last {BUDGET_POINTS} points, *budget-dependent* when it "
-        "changes there: it then describes this budget, not the design. The points belong to one schedule "
-        "(lr drops included), not to shorter runs. Figures: budget_curves.png, budget_deltas.png. "
-        + curve_images_text(runs)
+        f"*stable* when it is the same at the last {BUDGET_POINTS} points and neither side still gains "
+        f"{RISING_AP:g} AP or more over the last interval, *budget-dependent* otherwise: it then describes "
+        "this budget, not the design. The points belong to one schedule (lr drops included), not to shorter "
+        "runs, and a curve cannot show a take-off that only a longer budget would bring (issue 16: T-Head + "
+        "ATSS at twice the steps); longer runs are bench/calibration's. Figures: budget_curves.png, "
+        "budget_deltas.png. " + curve_images_text(runs)
     )
     return md_table(header, body) + "\n\n" + note
 
