@@ -24,6 +24,7 @@ from pathlib import Path
 from tood.report.paper import ABLATIONS
 
 HEADLINE_GOAL, HEADLINE_FLOOR, SE_TARGET, MIN_SEEDS = 30.0, 15.0, 0.5, 3
+CURVE_COST_TARGET = 0.10  # issue 16: budget curves at most 10% of the training time
 MAIN_CONTRASTS = ("t1_af_thead", "t1_ab_thead", "t2_tal", "t3_af_tood", "t3_ab_tood")
 
 
@@ -60,6 +61,17 @@ def paired_line(key: str, summary: dict) -> str:
     return f"{'':12s} paired by seed (information only): Δ {statistics.fmean(diffs):+.2f} ± {se:.2f}, n {len(diffs)}"
 
 
+def curve_cost_line(cost: dict | None) -> str:
+    """Issue 16: the budget curves' seconds against the epochs' over the grid's runs, at most 10%."""
+    if not cost or cost["share"] is None:
+        return "budget curves: no run records their cost (metrics from before issue 16)"
+    met = "met" if cost["share"] <= CURVE_COST_TARGET else "NOT met"
+    return (
+        f"budget curves: {cost['curve_s']:.0f} s of {cost['curve_s'] + cost['train_s']:.0f} s training "
+        f"({100 * cost['share']:.1f}%, {cost['runs']} runs): ≤ {100 * CURVE_COST_TARGET:.0f}% {met}"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--summary", type=Path, default=Path("reports/summary.json"), help="tabulate's JSON")
@@ -82,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"seeds a side for SE ≤ {SE_TARGET} at the measured noise: about {max(needed):.0f} (worst contrast)"
         )
+    print(curve_cost_line(summary.get("curve_cost")))
     if args.grid_time:
         grid = json.loads(args.grid_time.read_text())
         print(

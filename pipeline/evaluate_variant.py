@@ -7,7 +7,9 @@ The file holds the mean over seeds at the top level, "std" (sample std, ddof=1; 
 "seeds" (per-seed values + mlflow_run_id), "setting" (what the numbers were measured under) and
 "complexity" (Table 1's params and GFLOPs of the trained model, at the run's input and at the paper's
 configuration; tood.report.complexity). The seeds are the variant's own (`variants.<name>.seeds`) or the
-top-level list.
+top-level list. Each seed also carries its budget curve ("curve": AP, AP50, AP75 per step, from the run's
+curve.csv; tood.engine.curve) and what it was measured on: "precision", "device" (the training machines)
+and "eval_device" (issue 16).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     cfg = load_run_config(args.params, args.variant)
+    from tood.engine.curve import CURVE_FILE, curve_columns
     from tood.engine.inference import evaluate_checkpoint
     from tood.report.complexity import (
         checkpoint_complexity,  # torch + pycocotools: after parsing (fast --help)
@@ -44,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in cfg.seeds:
         run_dir = args.runs / f"seed{seed}"
         metrics = evaluate_checkpoint(cfg, run_dir / "last.pt", data_root=args.data_root)
+        metrics["curve"] = curve_columns(run_dir / CURVE_FILE)
         run_id = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
         log_to_run(cfg, seed, run_id, metrics, complexity)
         per_seed[str(seed)] = {**_clean(metrics), "mlflow_run_id": run_id}
@@ -52,12 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# per-seed entries that are not one number: the budget curve (logged by training as val/<key> at its steps)
+# and the hardware record (MLflow tags device / precision from training, eval_device here)
+# and the run's times (logged by training at step 0)
+NOT_LOGGED = ("curve", "precision", "device", "eval_device", "train_time_s", "curve_time_s")
+
+
 def log_to_run(cfg: RunConfig, seed: int, run_id: str, metrics: dict, complexity: dict) -> None:
     """Add the metrics (per-class AP as per_class/<name>, complexity/run/<key>, ...; COCO's -1 "undefined"
     left out) and their JSON to the seed's training run."""
     clean = _clean(metrics)
+    numbers = {k: v for k, v in clean.items() if k not in NOT_LOGGED}  # the curve: val/* at each step
     with tracking.start_run(cfg, seed, run_id=run_id):
-        tracking.log_eval_metrics(clean | {"complexity": complexity})
+        tracking.log_eval_metrics(numbers | {"complexity": complexity})
+        tracking.set_tags({"eval_device": clean["eval_device"]})
         tracking.log_dict(clean, f"metrics_seed{seed}.json")
 
 

@@ -48,7 +48,7 @@ def pretrain(cfg, out: Path) -> dict:
 
     from tood.engine import tracking
     from tood.engine.pretrain import make_crops, save_backbone, train_classifier
-    from tood.engine.runtime import AMP_DTYPES, resolve_amp
+    from tood.engine.runtime import AMP_DTYPES, device_name, resolve_amp
 
     p = cfg.pretrain
     tracking.configure_tracking()
@@ -56,7 +56,8 @@ def pretrain(cfg, out: Path) -> dict:
     precision = resolve_amp(cfg.train.amp, torch.device("cpu"))  # tood.engine.pretrain trains on the CPU
     print(f"pretrain: train.amp {cfg.train.amp} -> {precision}")
     name = f"pretrain r{cfg.model.depth} {p.num_classes}-way / seed{p.seed}"
-    with mlflow.start_run(run_name=name, tags={"variant": "pretrain", "seed": str(p.seed)}):
+    hardware = {"precision": precision, "device": device_name(torch.device("cpu"))}  # issue 16
+    with mlflow.start_run(run_name=name, tags={"variant": "pretrain", "seed": str(p.seed), **hardware}):
         extra = {"model.depth": cfg.model.depth, "train.amp_resolved": precision}
         mlflow.log_params({f"pretrain.{k}": v for k, v in vars(p).items()} | extra)
         model, summary = train_classifier(
@@ -65,7 +66,7 @@ def pretrain(cfg, out: Path) -> dict:
         )  # fmt: skip
         tracking.log_metrics({k: v for k, v in summary.items() if k != "chance"})
     save_backbone(out, model, cfg.model.depth, p, summary)
-    return summary
+    return summary | hardware
 
 
 def _write_unused(out: Path, note: str) -> None:

@@ -41,6 +41,13 @@ def evaluate_output(params: dict, variant: str) -> dict:
     )
     assert (stats["n_correct"], stats["n_error"]) == (1, 1)
     per_seed = {k: 0.25 for k in COCO_KEYS} | {"per_class": {"ring": 0.25}} | summarize_alignment([stats])
+    per_seed |= {"precision": "bf16", "device": "Intel(R) Xeon(R) Processor", "eval_device": "NVIDIA H200"}
+    per_seed["curve"] = {
+        "step": [264, 528],
+        "epoch": [3, 6],
+        "AP": [0.1, 0.25],
+        "AP50": [0.2, 0.4],
+    }  # issue 16
     cfg = resolve_run_config(params, variant)
     seeds = {str(s): per_seed | {"mlflow_run_id": f"run{s}"} for s in cfg.seeds}
     tiny = ModelConfig(depth=18, fpn_channels=16, gn_groups=4, stacked_convs=2)

@@ -101,7 +101,19 @@ def test_repro_fills_every_section_from_the_runs_it_did(pipeline_repo):
         metrics = json.loads((repo / "reports" / "metrics" / f"{variant}.json").read_text())
         assert 0.0 <= metrics["AP"] <= 1.0 and metrics["seeds"]["0"]["mlflow_run_id"] in tables
         assert (repo / "runs" / variant / "seed0" / "last.pt").is_file()
-    for figure in ("alpha_beta", "ablations", "losses", "alignment", "data_stats"):
+        curve = metrics["seeds"]["0"]["curve"]  # issue 16: the run's budget curve, ending at its last step
+        assert curve["step"] and curve["epoch"][-1] == metrics["setting"]["epochs"], curve
+        assert metrics["seeds"]["0"]["precision"] in ("fp32", "bf16") and metrics["seeds"]["0"]["device"]
+    assert tables.index("## Summary") < tables.index("## Table 1") and "## Over the budget" in tables
+    for figure in (
+        "alpha_beta",
+        "ablations",
+        "losses",
+        "alignment",
+        "data_stats",
+        "budget_curves",
+        "budget_deltas",
+    ):
         assert (repo / "reports" / "figures" / f"{figure}.png").stat().st_size > 1000
 
 

@@ -122,6 +122,11 @@ def test_evaluate_cli_writes_metrics_schema_and_logs_into_the_training_run(train
         assert metrics["std"][key] in (0.0, None)  # one seed
     assert metrics["seeds"]["0"]["mlflow_run_id"] == run_id
     assert set(metrics["seeds"]["0"]["per_class"]) == {"red", "green", "blue"}
+    seed0 = metrics["seeds"]["0"]  # issue 16: the budget curve and what the result was measured on
+    assert seed0["curve"]["step"] == [2] and seed0["curve"]["epoch"] == [1]  # 1 epoch of 2 steps: its end
+    assert seed0["curve"]["AP"] == [seed0["AP"]]  # the final point is the evaluate stage's AP (same images)
+    assert seed0["precision"] in ("fp32", "bf16") and seed0["device"] and seed0["eval_device"]
+    assert seed0["train_time_s"] > 0 and seed0["curve_time_s"] > 0  # the run's epochs and its one point
     assert metrics["setting"] == {
         "dataset": "shapes", "depth": 18, "img_scale": [64, 64], "epochs": 1, "head": "parallel",
         "assigner": "atss", "anchor": "based", "alpha": 1.0, "beta": 6.0,

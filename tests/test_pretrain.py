@@ -96,12 +96,17 @@ def test_cli_trains_saves_and_logs_its_own_mlflow_run(tmp_path, monkeypatch):
     ckpt = torch.load(out, weights_only=True)
     assert ckpt["depth"] == 18 and ckpt["class_names"] == [k.name for k in KINDS]
     report = json.loads(metrics.read_text())
+    assert report["precision"] in ("fp32", "bf16") and report["device"]  # issue 16: part of the result
     assert report["used"] and report["top1_val"] == ckpt["summary"]["top1_val"]
     import mlflow
 
     runs = mlflow.search_runs(experiment_names=["tood-ablations"])
     assert list(runs["tags.variant"]) == ["pretrain"]
     assert runs["metrics.top1_val"].iloc[0] == pytest.approx(report["top1_val"])
+    assert (runs["tags.precision"].iloc[0], runs["tags.device"].iloc[0]) == (
+        report["precision"],
+        report["device"],
+    )
 
 
 def test_cli_does_not_train_when_the_profile_uses_imagenet(tmp_path):

@@ -544,4 +544,5 @@ def test_bench_targets_reads_the_headline_and_each_main_contrast_from_summary(tw
     assert out[1].endswith("SE ≤ 0.5 NOT met")
     # seed 0: 33.5 - 30.5, seed 1: 32.5 - 29.5: the same +3.0 twice, so the paired SE is 0
     assert out[2].endswith("paired by seed (information only): Δ +3.00 ± 0.00, n 2")
-    assert len(out) == 12 and out[-1].endswith("about 4 (worst contrast)")  # 0.71² · 2 / 0.5²
+    assert len(out) == 13 and out[-2].endswith("about 4 (worst contrast)")  # 0.71² · 2 / 0.5²
+    assert out[-1] == "budget curves: no run records their cost (metrics from before issue 16)"

@@ -261,6 +261,11 @@ class EvalConfig:
     nms_pre: int = 1000  # top-k per level before NMS
     max_per_img: int = 100
     batch_size: int = 8
+    # Budget curve (issue 16; tood/engine/curve.py): the training run measures AP of its current weights
+    # after every `curve_every_epochs`-th epoch and after the last (0: off), on the first `curve_max_images`
+    # val images (0: the evaluate stage's images). Measurement only: not in the run's key, never trained on.
+    curve_every_epochs: int = 2
+    curve_max_images: int = 0
 
     def __post_init__(self):
         _check_range(self, "score_thr", lo=0.0, hi=1.0)
@@ -268,6 +273,8 @@ class EvalConfig:
         _check_range(self, "nms_pre", lo=1)
         _check_range(self, "max_per_img", lo=1)
         _check_range(self, "batch_size", lo=1)
+        _check_range(self, "curve_every_epochs", lo=0)
+        _check_range(self, "curve_max_images", lo=0)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ from tood.config import RunConfig, resolve_repo_path
 CHECKPOINT = "last.pt"
 
 
-RUN_FILES = (CHECKPOINT, "config.json", "mlflow_run.json", "losses.csv")  # what `publish_run` copies
+# what `publish_run` copies; curve.csv: tood.engine.curve.CURVE_FILE (the budget curve)
+RUN_FILES = (CHECKPOINT, "config.json", "mlflow_run.json", "losses.csv", "curve.csv")
 
 
 # keys that do not change what is trained: a resumed or finished run ignores differences in these

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from tood.config import AssignConfig, EvalConfig, RunConfig, from_dict
 from tood.data.dataset import Batch, build_dataset, build_loader
 from tood.engine.evaluate import alignment_stats, coco_eval, detections_to_coco, summarize_alignment
-from tood.engine.runtime import pick_device, print_timing, process_age_s
+from tood.engine.runtime import device_name, pick_device, print_timing, process_age_s
 from tood.model.assigners import choose_assigner
 from tood.model.backbone import NO_WEIGHTS
 from tood.model.detector import Detections, Detector, centerness_factor
@@ -44,12 +44,14 @@ def run_inference(
     cat_ids: list[int],
     *,
     progress: bool = True,
+    alignment: bool = True,
 ) -> tuple[list[dict], list[dict]]:
     """Run `detector` over every batch of `loader` (eval mode, no grad).
 
     Returns:
         results: COCO results [{image_id, category_id, bbox xywh in original pixels, score}, ...].
-        stats: one tood.engine.evaluate.alignment_stats dict per image (add up with summarize_alignment).
+        stats: one tood.engine.evaluate.alignment_stats dict per image (add up with summarize_alignment);
+            empty with alignment=False (the budget curve's AP-only points skip that analysis).
     """
     detector.eval()
     device = next(detector.parameters()).device
@@ -62,6 +64,8 @@ def run_inference(
             out, batch.metas, tuple(images.shape[-2:]), eval_cfg, use_centerness
         )
         results += detections_to_coco(detections, batch.metas, cat_ids)
+        if not alignment:
+            continue
         scores = test_scores(out, use_centerness)  # (B, A, C)
         stats += [image_alignment(scores[i], out.boxes[i], batch, i, det) for i, det in enumerate(detections)]
     return results, stats
@@ -117,7 +121,11 @@ def evaluate_checkpoint(
 
     The model (and the ATSS/TAL test-score rule) comes from the checkpoint's own config; data and
     post-processing settings from `cfg`. Returns {AP, AP50, AP75, APs, APm, APl, pcc_top50, iou_top10,
-    n_correct, n_redundant, n_error, per_class: {name: AP}, num_images, num_detections, epochs}.
+    n_correct, n_redundant, n_error, per_class: {name: AP}, num_images, num_detections, epochs} and what
+    the result was measured on (issue 16: precision and CPU are part of the result): precision (the
+    resolved train.amp), device (the CPU model or GPU of each machine that trained it, "; "-joined; null
+    for a checkpoint older than that record) and eval_device (this machine; evaluation runs in fp32); and
+    the run's train_time_s (its epochs) and curve_time_s (its budget-curve points; null before issue 16).
     """
     path = Path(checkpoint_path)
     # mmap: only the tensors used are read; the optimizer's momentum (half of last.pt) never is
@@ -141,4 +149,13 @@ def evaluate_checkpoint(
         startup_s=startup_s, startup_cpu_s=startup_cpu_s, inference_s=inference_s,
         cocoeval_s=time.perf_counter() - start - inference_s,
     )  # fmt: skip
-    return {**metrics, "num_images": len(dataset), "num_detections": len(results), "epochs": ckpt["epoch"]}
+    summary = ckpt.get("summary") or {}  # the run's own time: what the budget curve cost it (issue 16)
+    hardware = {
+        "train_time_s": summary.get("train_time_s"),
+        "curve_time_s": summary.get("curve_time_s"),
+        "precision": ckpt.get("amp"),
+        "device": "; ".join(ckpt.get("devices", [])) or None,
+        "eval_device": device_name(device),
+    }
+    counts = {"num_images": len(dataset), "num_detections": len(results), "epochs": ckpt["epoch"]}
+    return {**metrics, **counts, **hardware}

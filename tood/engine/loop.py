@@ -97,6 +97,7 @@ class TrainState:
     train_time_s: float = 0.0  # wall time of the epochs run so far (summed over resumes)
     images_seen: int = 0
     step_time_s: float = 0.0  # this process's time inside train_step: not checkpointed, for print_timing
+    devices: tuple[str, ...] = ()  # CPU model / GPU name of each machine that trained the run (device_name)
 
 
 def train_step(

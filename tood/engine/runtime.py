@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import random
 import warnings
 from pathlib import Path
@@ -35,6 +36,21 @@ def describe_device(device: torch.device) -> str:
         return f"{device} ({torch.cuda.get_device_name(device)})"
     native = "yes" if cpu_has_native_bf16() else "no"
     return f"{device.type} ({torch.backends.cpu.get_cpu_capability()}, native bf16: {native})"
+
+
+def device_name(device: torch.device) -> str:
+    """The hardware a result was measured on, e.g. "Intel(R) Xeon(R) Platinum 8480+" (the CPU's model name
+    from /proc/cpuinfo, as lscpu prints it) or "NVIDIA H200"; issue 16: precision and CPU are part of
+    the result (bf16 with and fp32 without native support move AP by ~1)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 # autocast dtype of each resolved `train.amp` (None: no autocast)

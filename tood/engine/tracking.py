@@ -433,6 +433,15 @@ def log_params(params: Mapping[str, Any]) -> None:
         mlflow.log_params({key: _param_str(value) for key, value in params.items()})
 
 
+def set_tags(tags: Mapping[str, str]) -> None:
+    """Set (or overwrite) tags of the active run: e.g. the device, which a resume on another machine changes."""
+    import mlflow
+
+    _require_active_run()
+    with _server_calls():
+        mlflow.set_tags(dict(tags))
+
+
 def _flat_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     flat: dict[str, float] = {}
     for key, value in metrics.items():

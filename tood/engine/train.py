@@ -2,7 +2,8 @@
 
 The step, the epoch and the lr schedule are in tood.engine.loop; checkpoints, fingerprints and the keyed
 work folders in tood.engine.checkpoint; devices and precision in tood.engine.runtime; losses.csv and
-MLflow metrics in tood.engine.runlog. This module puts them together into one run.
+MLflow metrics in tood.engine.runlog; the budget curve (AP at a few points of the run, issue 16) in
+tood.engine.curve. This module puts them together into one run.
 
 Resuming: `out_dir/last.pt` is written (atomically) at the end of every epoch, and once before the first
 one, with the model, optimizer, completed epoch, iteration and every RNG state. A re-run of `train` with
@@ -49,10 +50,12 @@ from tood.engine.checkpoint import (
     usable_checkpoint,
     work_dir_for,
 )
+from tood.engine.curve import CURVE_FILE, BudgetCurve, check_finished_curve
 from tood.engine.loop import TrainState, scaled_lr, set_loader_epoch, train_loader, train_one_epoch
 from tood.engine.runlog import RunLogger
 from tood.engine.runtime import (
     describe_device,
+    device_name,
     dist_info,
     pick_device,
     print_timing,
@@ -67,12 +70,14 @@ def train(cfg: RunConfig, seed: int, out_dir: Path, data_root: Path | None = Non
     """Train one (variant, seed) run into `out_dir`, resuming from out_dir/last.pt; returns the summary.
 
     Summary: final_loss (+ final_<term>, epoch means of the last epoch), epochs, iterations,
-    train_time_s, images_per_s, mlflow_run_id, checkpoint.
+    train_time_s, images_per_s, curve_time_s (seconds of budget-curve points), mlflow_run_id, checkpoint.
     """
     out_dir = Path(out_dir)
     rank, world = dist_info()
     ckpt = usable_checkpoint(out_dir / CHECKPOINT, cfg, seed)
     if ckpt is not None and ckpt["epoch"] >= cfg.train.epochs:
+        if rank == 0:
+            check_finished_curve(out_dir / CURVE_FILE, cfg)
         return dict(ckpt["summary"])  # finished: no-op
     if cfg.train.batch_size % world:
         raise ValueError(f"train.batch_size {cfg.train.batch_size} is not divisible by world size {world}")
@@ -83,6 +88,7 @@ def train(cfg: RunConfig, seed: int, out_dir: Path, data_root: Path | None = Non
     setup_determinism(seed, cfg.train.num_threads)
     dataset = build_dataset(cfg, data_root, train=True)
     state = build_state(cfg, dataset.num_classes, device, world, ckpt)
+    state.devices = _with(state.devices, device_name(device))
     if rank != 0:
         return _run_epochs(state, dataset, cfg, seed, device, rank, world, None, ckpt)
     print(f"train.amp: {cfg.train.amp} -> {state.amp} on {describe_device(device)}", flush=True)
@@ -90,8 +96,11 @@ def train(cfg: RunConfig, seed: int, out_dir: Path, data_root: Path | None = Non
     run = tracking.start_run(cfg, seed, run_id=run_id, data_root=data_root)
     try:
         tracking.log_params({"train.amp_resolved": state.amp})  # the same value again on a resume
+        tracking.set_tags({"device": "; ".join(state.devices), "precision": state.amp})  # issue 16
         _write_run_files(cfg, out_dir, run)
-        summary = _run_epochs(state, dataset, cfg, seed, device, rank, world, run, ckpt, out_dir=out_dir)
+        summary = _run_epochs(
+            state, dataset, cfg, seed, device, rank, world, run, ckpt, out_dir=out_dir, data_root=data_root
+        )
     except BaseException as e:  # divergence, Ctrl-C, a tracking server gone: the MLflow run is FAILED
         tracking.abort_run()
         if isinstance(e, tracking.TrackingError):
@@ -126,6 +135,7 @@ def build_state(cfg: RunConfig, num_classes: int, device: torch.device, world: i
             scaler.load_state_dict(ckpt["scaler"])
         state.epoch, state.iteration = ckpt["epoch"], ckpt["iteration"]
         state.train_time_s, state.images_seen = ckpt["train_time_s"], ckpt["images_seen"]
+        state.devices = tuple(ckpt.get("devices", ()))
         set_rng_state(ckpt["rng"])  # after model init, which consumed the same draws in the first run
     if world > 1:  # every parameter gets a gradient in every phase (see Detector.compute_loss)
         ids = [device.index] if device.type == "cuda" else None
@@ -148,12 +158,15 @@ def _sync_batchnorm(detector: Detector, norm: str, device: torch.device) -> nn.M
     return detector
 
 
-def _run_epochs(state, dataset, cfg, seed, device, rank, world, run, ckpt, out_dir=None) -> dict:
+def _run_epochs(
+    state, dataset, cfg, seed, device, rank, world, run, ckpt, out_dir=None, data_root=None
+) -> dict:
     if rank == 0:
         logged = tracking.last_logged_steps() if ckpt is not None else {}
         logger = RunLogger(out_dir / "losses.csv", state.epoch, logged)
+        curve = BudgetCurve(cfg, out_dir / CURVE_FILE, state.epoch, logger, data_root)
     else:
-        logger = None
+        logger = curve = None
     if rank == 0 and ckpt is None:
         save_run_checkpoint(
             state, cfg, seed, dataset, run, out_dir, summary=None
@@ -174,17 +187,21 @@ def _run_epochs(state, dataset, cfg, seed, device, rank, world, run, ckpt, out_d
         if rank != 0:
             continue
         logger.log({f"epoch/{k}": v for k, v in epoch_losses.items()}, step=state.epoch)
-        summary = _summary(state, epoch_losses, run, out_dir) if state.epoch == cfg.train.epochs else None
+        curve.record(state.detector, state.epoch, state.iteration)  # before the checkpoint: see curve.py
+        last = state.epoch == cfg.train.epochs
+        summary = _summary(state, epoch_losses, run, out_dir, curve) if last else None
         if summary is not None:
-            totals = {"train_time_s": summary["train_time_s"], "images_per_s": summary["images_per_s"]}
+            totals = {k: summary[k] for k in ("train_time_s", "images_per_s", "curve_time_s")}
             logger.log(totals, step=0)
         save_run_checkpoint(state, cfg, seed, dataset, run, out_dir, summary=summary)
     if world > 1:
         dist.barrier()
-    return _summary(state, epoch_losses, run, out_dir)
+    return _summary(state, epoch_losses, run, out_dir, curve)
 
 
-def _summary(state: TrainState, epoch_losses: dict[str, float], run, out_dir: Path | None) -> dict:
+def _summary(
+    state: TrainState, epoch_losses: dict[str, float], run, out_dir: Path | None, curve: BudgetCurve | None
+) -> dict:
     return {
         "final_loss": epoch_losses.get("loss", float("nan")),
         **{f"final_{k}": v for k, v in epoch_losses.items() if k != "loss"},
@@ -192,6 +209,7 @@ def _summary(state: TrainState, epoch_losses: dict[str, float], run, out_dir: Pa
         "iterations": state.iteration,
         "train_time_s": state.train_time_s,
         "images_per_s": state.images_seen / max(state.train_time_s, 1e-9),
+        "curve_time_s": curve.total_s() if curve is not None else None,  # the budget curve's cost
         "mlflow_run_id": run.info.run_id if run is not None else None,
         "checkpoint": str(out_dir / CHECKPOINT) if out_dir is not None else None,
     }
@@ -207,6 +225,7 @@ def save_run_checkpoint(
             "optimizer": state.optimizer.state_dict(),
             "scaler": state.scaler.state_dict() if state.scaler.is_enabled() else {},
             "amp": state.amp,  # resolved precision: a resume keeps it (run_precision)
+            "devices": list(state.devices),  # CPU model / GPU name of every machine that trained it
             "epoch": state.epoch,
             "iteration": state.iteration,
             "train_time_s": state.train_time_s,
@@ -222,6 +241,11 @@ def save_run_checkpoint(
             "summary": summary,
         },
     )
+
+
+def _with(names: tuple[str, ...], name: str) -> tuple[str, ...]:
+    """`names` plus `name` if new: a run resumed on another machine lists both."""
+    return names if name in names else (*names, name)
 
 
 def _write_run_files(cfg: RunConfig, out_dir: Path, run) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tood.config import HEADLINE
-from tood.report import figures, paper
+from tood.report import budget, figures, paper
 from tood.report.paper import ABLATIONS, TABLE4, TABLE4_CHOSEN, TABLE6, TABLES, Ablation, PaperRow
 from tood.report.results import (
     ALIGN_KEYS,
@@ -172,7 +172,7 @@ def render_setting(runs: Runs) -> str:
         "compare the *direction* of each ablation, not absolute numbers."
     )
     where = 'Produced by the runs listed under "Which runs make each row"'
-    return f"{where}, measured with: {ours}.\n{verdict_line}"
+    return f"{where}, measured with: {ours}. {budget.grid_hardware(runs)}\n{verdict_line}"
 
 
 def render_runs(runs: Runs) -> str:
@@ -282,6 +282,7 @@ def render_report(runs: Runs) -> str:
     parts = [
         "# TOOD: paper vs this reproduction",
         *([TRIAL_BANNER] if runs.trial else []),
+        budget.render_summary(runs),
         f"Paper numbers: {paper.SOURCE}. Ours: mean ± std over seeds (a single value with one seed; column "
         "n: seeds), COCO AP on the paper's 0-100 scale.\n\n" + render_setting(runs),
         VERDICT_RULE,
@@ -297,6 +298,7 @@ def render_report(runs: Runs) -> str:
         "## Table 6: head x assigner and task alignment\n\n" + render_rows(TABLE6, runs) + "\n\n" + t6_ap,
         render_rows(TABLE6, runs, ("AP", *ALIGN_KEYS)) + "\n\n" + counts + headline_note(runs),
         render_comparisons(_ablations_of("Table 6"), runs),
+        "## Over the budget: does each verdict hold late in training?\n\n" + budget.render_budget(runs),
         "## Which runs make each row\n\n" + render_runs(runs),
         "## How to open the MLflow UI\n\n" + MLFLOW_HOWTO,
     ]
@@ -331,7 +333,9 @@ def build_summary(runs: Runs) -> dict[str, Any]:
         for a in ABLATIONS
     }
     head = {"paper": paper.SOURCE, "ap_scale": "0-100", "trial": runs.trial}
-    return head | {"variants": variants, "ablations": ablations}
+    extra = {"budget": budget.summary_json(runs), "hardware": budget.hardware_text(*runs.metrics.values())}
+    extra["curve_cost"] = budget.cost_json(runs)
+    return head | {"variants": variants, "ablations": ablations} | extra
 
 
 def _per_seed(m: dict[str, Any], key: str) -> dict[str, float | None]:
@@ -342,8 +346,9 @@ def _per_seed(m: dict[str, Any], key: str) -> dict[str, float | None]:
 # the stage
 
 
-def render_figures(figures_rel: str, no_losses: list[str]) -> str:
-    links = "\n".join(f"![{name[:-4]}]({figures_rel}/{name})" for name in figures.FIGURES)
+def render_figures(figures_rel: str, no_losses: list[str], no_curves: list[str] = ()) -> str:
+    names = (*figures.FIGURES, *budget.FIGURES)
+    links = "\n".join(f"![{name[:-4]}]({figures_rel}/{name})" for name in names)
     text = (
         "## Figures\n\nα/β cells (paper vs ours, each with its own colour bar), ablation deltas (paper's on "
         "COCO and ours ± SE, on separate axes), training losses (mean over seeds; the dotted line is the "
@@ -351,6 +356,12 @@ def render_figures(figures_rel: str, no_losses: list[str]) -> str:
     )
     if no_losses:
         text += f"\n\nNo loss curve found (not in losses.png) for: {', '.join(f'`{v}`' for v in no_losses)}."
+    text += (
+        "\n\nBudget curves: AP over the steps of each variant (seed band) and Δ over the steps of each main "
+    )
+    text += "contrast with its ±2·SE band (the verdict threshold)."
+    if no_curves:
+        text += f" No budget curve (metrics from before issue 16, or curves off) for: {', '.join(no_curves)}."
     return text
 
 
@@ -370,6 +381,7 @@ def tabulate(
     for folder in (out.parent, summary_path.parent, figures_dir):
         folder.mkdir(parents=True, exist_ok=True)
     no_losses = figures.write_figures(runs, Path(runs_dir), figures_dir, curves_dir)
+    no_curves = budget.write_budget_figures(runs, figures_dir)
     figures_rel = Path(os.path.relpath(figures_dir, out.parent)).as_posix()
-    out.write_text(render_report(runs) + "\n" + render_figures(figures_rel, no_losses) + "\n")
+    out.write_text(render_report(runs) + "\n" + render_figures(figures_rel, no_losses, no_curves) + "\n")
     summary_path.write_text(json.dumps(build_summary(runs), indent=2) + "\n")

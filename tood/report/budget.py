@@ -1,0 +1,402 @@
+"""Verdicts over the budget (issue 16): the runs' budget curves -> Δ ± SE per step, stability, two figures,
+and the one-line-per-claim summary that opens tables.md.
+
+Input: each seed's "curve" in reports/metrics/<variant>.json (tood.engine.curve: AP of the run's weights
+after every `eval.curve_every_epochs`-th epoch and the last, with its step). A variant's curve is taken on
+the steps every one of its seeds measured; a contrast's on the steps both sides measured.
+
+At each step, Δ ± SE and the verdict follow tood.report.results exactly (Welch SE over seeds, verdict at
+2·SE against the paper's sign), so the last point on the evaluate stage's images is the tables' verdict.
+A verdict *holds over the last part of training* ("stable") when it is the same at the last BUDGET_POINTS
+points of the curve; otherwise it is "budget-dependent": the run's own schedule changes the answer late, so
+the verdict describes this budget rather than the design (issue 16: T-Head + ATSS at 1,056 steps).
+These are points of one schedule (its lr drops included), not the ends of shorter runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from tood.report.figures import _save, palette
+from tood.report.paper import ABLATIONS, TABLE4_CHOSEN, Ablation
+from tood.report.results import DASH, Comparison, Runs, Stat, compare, fmt_value, standard_error, verdict
+
+BUDGET_POINTS = 3  # the "last part of training": the last 3 curve points (epochs 6, 9, 12 by default)
+MAIN_ABLATIONS = ("t1_af_thead", "t1_ab_thead", "t2_tal", "t3_af_tood", "t3_ab_tood")  # issue 10's five
+FIGURES = ("budget_curves.png", "budget_deltas.png")
+RISING_AP = 1.0  # a side still gaining this much AP over the curve's last interval is not at its plateau
+STABLE, DEPENDENT = "stable", "budget-dependent"
+UNRECORDED = "not recorded (metrics files from before issue 16)"
+
+
+# ---------------------------------------------------------------------------------------------------
+# curves and Δ per step
+
+
+@dataclass(frozen=True)
+class VariantCurve:
+    """AP (0-100) of one variant's seeds on the steps all of them measured."""
+
+    steps: tuple[int, ...]
+    per_seed: dict[str, tuple[float, ...]]  # seed -> AP at each step (NaN: undefined)
+
+    def stat(self, i: int) -> Stat:
+        """The seeds' AP at step index i, as tood.report.results computes everything else."""
+        return Stat("AP", tuple(v[i] for v in self.per_seed.values() if math.isfinite(v[i])))
+
+
+def variant_curve(metrics: dict[str, Any]) -> VariantCurve | None:
+    """The variant's curve, or None when a seed has none (metrics from before issue 16, curves off)."""
+    curves = [r.get("curve") or {} for r in metrics["seeds"].values()]
+    if not curves or not all(c.get("step") for c in curves):
+        return None
+    steps = sorted(set.intersection(*(set(c["step"]) for c in curves)))
+    per_seed = {}
+    for seed, c in zip(metrics["seeds"], curves):
+        ap = dict(zip(c["step"], c["AP"]))
+        per_seed[seed] = tuple(100.0 * ap[t] if ap[t] is not None and ap[t] >= 0 else math.nan for t in steps)
+    return VariantCurve(tuple(steps), per_seed)
+
+
+@dataclass(frozen=True)
+class BudgetPoint:
+    step: int
+    delta: float  # mean(treated) - mean(baseline), AP 0-100
+    se: float  # Welch SE (NaN below 2 seeds a side)
+    verdict: str  # tood.report.results.verdict at this step
+    base_ap: float = math.nan  # mean AP of each side at this step
+    treated_ap: float = math.nan
+
+
+def budget_points(ablation: Ablation, runs: Runs) -> list[BudgetPoint] | None:
+    """Δ ± SE and verdict of an ablation's AP at every step both sides measured; None without curves."""
+    (base, _), (treated, _) = runs.ours(ablation.baseline), runs.ours(ablation.treated)
+    if base is None or treated is None:
+        return None
+    ca, cb = variant_curve(base), variant_curve(treated)
+    if ca is None or cb is None:
+        return None
+    paper_delta = ablation.paper_delta("AP")
+    points = []
+    for step in sorted(set(ca.steps) & set(cb.steps)):
+        a, b = ca.stat(ca.steps.index(step)), cb.stat(cb.steps.index(step))
+        delta, se = b.mean - a.mean, standard_error(a, b)
+        v = verdict("AP", paper_delta, delta, se, a.n, b.n)
+        points.append(BudgetPoint(step, delta, se, v, a.mean, b.mean))
+    return points or None
+
+
+def rising(points: list[BudgetPoint]) -> list[tuple[str, float]]:
+    """The sides whose mean AP still rose by RISING_AP or more over the curve's last interval:
+    [("baseline" | "treated", gain)]. Such a side has not reached its plateau, so a verdict that looks
+    steady over the last points can still change with a longer budget."""
+    if len(points) < 2:
+        return []
+    gains = {
+        "baseline": points[-1].base_ap - points[-2].base_ap,
+        "treated": points[-1].treated_ap - points[-2].treated_ap,
+    }
+    return [(side, g) for side, g in gains.items() if g >= RISING_AP]
+
+
+def stability(points: list[BudgetPoint] | None, k: int = BUDGET_POINTS) -> str:
+    """STABLE (one verdict at the last k points and neither side still rising), DEPENDENT (more than one
+    verdict, or a side still rising: see `rising`), or why it is not known."""
+    if points is None:
+        return "no curve"
+    if len(points) < k:
+        return f"{len(points)} curve point(s), {k} needed"
+    steady = len({p.verdict for p in points[-k:]}) == 1 and not rising(points)
+    return STABLE if steady else DEPENDENT
+
+
+def stability_text(points: list[BudgetPoint] | None, k: int = BUDGET_POINTS) -> str:
+    """e.g. "stable: contradicts at steps 704, 880, 1,056" or "budget-dependent: inconclusive → contradicts → ..."."""
+    word = stability(points, k)
+    if word not in (STABLE, DEPENDENT):
+        return word
+    last = points[-k:]
+    steps = ", ".join(f"{p.step:,}" for p in last)
+    verdicts = last[0].verdict if len({p.verdict for p in last}) == 1 else " → ".join(p.verdict for p in last)
+    text = f"{word}: {verdicts} at steps {steps}"
+    for side, gain in rising(points):
+        text += f"; the {side} still gains {gain:+.1f} AP over the last {points[-1].step - points[-2].step:,} steps"
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------
+# tables.md: the section over the budget
+
+
+def render_budget(runs: Runs) -> str:
+    """One row per main contrast: Δ ± SE and verdict at each of the last BUDGET_POINTS points."""
+    from tood.report.tables import md_table
+
+    body = []
+    for key in MAIN_ABLATIONS:
+        ablation = _ablation(key)
+        points = budget_points(ablation, runs)
+        last = (points or [])[-BUDGET_POINTS:]
+        cells = [f"{p.step:,}: {_delta_text(p.delta, p.se)} ({p.verdict})" for p in last]
+        body.append([ablation.name, "<br>".join(cells) or DASH, stability_text(points)])
+    header = [
+        "Contrast (AP)",
+        f"Δ ± SE at the last {BUDGET_POINTS} curve points (step: Δ, verdict)",
+        "Verdict",
+    ]
+    note = (
+        "Each training run measures AP after every `eval.curve_every_epochs`-th epoch and after the last, "
+        "on the first `eval.curve_max_images` val images (0: all; tood/engine/curve.py). A verdict is "
+        f"*stable* when it is the same at the last {BUDGET_POINTS} points and neither side still gains "
+        f"{RISING_AP:g} AP or more over the last interval, *budget-dependent* otherwise: it then describes "
+        "this budget, not the design. The points belong to one schedule (lr drops included), not to shorter "
+        "runs, and a curve cannot show a take-off that only a longer budget would bring (issue 16: T-Head + "
+        "ATSS at twice the steps); longer runs are bench/calibration's. Figures: budget_curves.png, "
+        "budget_deltas.png. " + curve_images_text(runs)
+    )
+    return md_table(header, body) + "\n\n" + note
+
+
+def curve_images_text(runs: Runs) -> str:
+    """How many val images the grid's curve points used, against the evaluate stage's count."""
+    counts = {
+        n
+        for m in runs.metrics.values()
+        for r in m["seeds"].values()
+        for n in (r.get("curve") or {}).get("num_images", [])
+    }
+    evaluated = {r.get("num_images") for m in runs.metrics.values() for r in m["seeds"].values()} - {None}
+    if not counts:
+        return ""  # no curves (or none saying how many images): the table says "no curve"
+    text = f"Curve points: {', '.join(map(str, sorted(counts)))} val images"
+    if counts == evaluated:
+        return text + ", the evaluate stage's: the last point's Δ is the Verdict column's."
+    return (
+        text + f" (the evaluate stage: {', '.join(map(str, sorted(evaluated))) or '?'}): the last point's Δ "
+        "can differ a little from the tables' and so, near the 2·SE threshold, its verdict."
+    )
+
+
+def _delta_text(delta: float, se: float) -> str:
+    return f"{fmt_value('AP', delta, signed=True)} ± {'n/a' if math.isnan(se) else fmt_value('AP', se)}"
+
+
+def _ablation(key: str) -> Ablation:
+    (ablation,) = [a for a in ABLATIONS if a.key == key]
+    return ablation
+
+
+# ---------------------------------------------------------------------------------------------------
+# tables.md: the summary, one line per paper claim
+
+
+@dataclass(frozen=True)
+class Claim:
+    label: str  # e.g. "Table 1: T-Head > parallel head (ATSS, anchor-free)"
+    comparison: Comparison | None  # the Δ shown (None: no ablation of that claim ran)
+    verdict: str
+    budget: str  # stability_text, or why not
+    setting: str
+
+
+def claims(runs: Runs) -> list[Claim]:
+    """Tables 1, 2, 3 (one line per contrast), Table 6 (PCC of T-Head + TAL vs neither), the α/β choice."""
+    out = []
+    titles = {
+        "t1_af_thead": "Table 1: T-Head beats the parallel head (ATSS, anchor-free)",
+        "t1_ab_thead": "Table 1: T-Head beats the parallel head (ATSS, anchor-based)",
+        "t2_tal": "Table 2: TAL beats ATSS (parallel head)",
+        "t3_af_tood": "Table 3: TOOD beats ATSS (anchor-free)",
+        "t3_ab_tood": "Table 3: TOOD beats ATSS (anchor-based)",
+    }
+    for key, label in titles.items():
+        ablation = _ablation(key)
+        c = compare(ablation, runs)[0]
+        points = budget_points(ablation, runs)
+        out.append(Claim(label, c, c.verdict, stability_text(points), _setting(runs, ablation, points)))
+    t6 = next(c for c in compare(_ablation("t6_both"), runs) if c.metric == "pcc_top50")
+    t6_budget = "end of training only (alignment is not on the curve)"
+    label6 = "Table 6: T-Head + TAL aligns the two tasks better (PCC top-50, vs parallel + ATSS)"
+    out.append(Claim(label6, t6, t6.verdict, t6_budget, _setting(runs, t6.ablation, None)))
+    out.append(_alpha_beta_claim(runs))
+    return out
+
+
+def _alpha_beta_claim(runs: Runs) -> Claim:
+    """Table 4: α=1, β=6 beats every other cell. Shown: the strongest other cell, (cell) − (1, 6)."""
+    label = (
+        f"Table 4: α={TABLE4_CHOSEN.config['alpha']:g}, β={TABLE4_CHOSEN.config['beta']:g} is the best cell"
+    )
+    comps = [compare(a, runs)[0] for a in ABLATIONS if a.key.startswith("t4_")]
+    measured = [c for c in comps if not math.isnan(c.delta)]
+    if not measured:
+        return Claim(label, None, "not run", DASH, DASH)
+    strongest = max(measured, key=lambda c: c.delta)
+    verdicts = {c.verdict for c in comps}
+    if verdicts == {"reproduces"}:
+        overall = "reproduces"
+    elif "contradicts" in verdicts:
+        overall = "contradicts"
+    elif verdicts & {"not measured", "not run"}:
+        overall = "not measured"
+    else:
+        overall = "inconclusive"
+    points = budget_points(strongest.ablation, runs)
+    return Claim(
+        label, strongest, overall, stability_text(points), _setting(runs, strongest.ablation, points)
+    )
+
+
+def _setting(runs: Runs, ablation: Ablation, points: list[BudgetPoint] | None) -> str:
+    """What the line holds for: data, backbone, scale, budget, seeds a side, precision and device."""
+    (base, _), (treated, _) = runs.ours(ablation.baseline), runs.ours(ablation.treated)
+    if base is None or treated is None:
+        return DASH
+    s = base["setting"]
+    scale = "x".join(map(str, s["img_scale"])) if isinstance(s["img_scale"], list) else s["img_scale"]
+    budget = f"{s['epochs']} epochs" + (f" = {points[-1].step:,} steps" if points else "")
+    n = f"n {len(base['seeds'])}/{len(treated['seeds'])}"
+    return f"`{s['dataset']}`, R-{s['depth']}, {scale}, {budget}, {n}; {hardware_text(base, treated)}"
+
+
+def hardware_text(*metrics: dict[str, Any]) -> str:
+    """e.g. "bf16 on Intel(R) Xeon(R) Processor", from the seeds' precision/device records."""
+    combos = sorted(
+        {(r.get("precision"), r.get("device")) for m in metrics for r in m["seeds"].values()}, key=str
+    )
+    if all(p is None and d is None for p, d in combos):
+        return UNRECORDED
+    return "; ".join(f"{p or '?'} on {d or 'an unrecorded device'}" for p, d in combos)
+
+
+def render_summary(runs: Runs) -> str:
+    from tood.report.tables import md_table
+
+    body = []
+    for c in claims(runs):
+        comp = c.comparison
+        if comp is None or math.isnan(comp.delta):
+            ours, paper_d = (
+                DASH,
+                DASH if comp is None else fmt_value(comp.metric, comp.paper_delta, signed=True),
+            )
+        else:
+            se = "n/a" if math.isnan(comp.se) else fmt_value(comp.metric, comp.se)
+            ours = f"{fmt_value(comp.metric, comp.delta, signed=True)} ± {se}"
+            paper_d = fmt_value(comp.metric, comp.paper_delta, signed=True)
+        t4 = comp is not None and comp.ablation.key.startswith("t4_")
+        shown = f"; strongest other cell: {comp.ablation.name}" if t4 else ""
+        body.append([c.label + shown, ours, paper_d, f"**{c.verdict}**", c.budget, c.setting])
+    header = ["Paper claim", "Ours Δ ± SE", "Paper Δ", "Verdict", "Over the budget", "Holds for"]
+    note = (
+        "Verdicts at 2·SE as below; *over the budget*: the same verdict at the last "
+        f"{BUDGET_POINTS} points of the runs' budget curves (*stable*) or not (*budget-dependent*: the "
+        "verdict measures how fast each side learns at this budget, not which design is better). Table 4's "
+        "line shows the strongest other cell, (cell) − (α=1, β=6); its verdict needs every cell measured."
+    )
+    return "## Summary: the paper's claims at this budget\n\n" + md_table(header, body) + "\n\n" + note
+
+
+def grid_hardware(runs: Runs) -> str:
+    """One sentence for the setting paragraph: the precision and device every run was trained with."""
+    text = hardware_text(*runs.metrics.values())
+    if text == UNRECORDED:
+        return f"Precision and CPU: {text}."
+    return f"Trained in {text} (per seed: `precision`, `device` in reports/metrics/)."
+
+
+def summary_json(runs: Runs) -> dict[str, Any]:
+    """The budget part of summary.json: per main contrast, Δ, SE, verdict per curve step and the stability."""
+    out = {}
+    for key in MAIN_ABLATIONS:
+        points = budget_points(_ablation(key), runs)
+        out[key] = {
+            "stability": stability(points),
+            "points": [
+                {"step": p.step, "delta": _num(p.delta), "se": _num(p.se), "verdict": p.verdict}
+                for p in points or []
+            ],
+        }
+    return out
+
+
+def cost_json(runs: Runs) -> dict[str, Any]:
+    """What the budget curves cost the grid: their seconds against the epochs' over every run that records
+    both (issue 16's target: at most 10%); share null when no run does."""
+    seeds = [r for m in runs.metrics.values() for r in m["seeds"].values()]
+    timed = [r for r in seeds if r.get("curve_time_s") is not None and r.get("train_time_s")]
+    curve_s, train_s = sum(r["curve_time_s"] for r in timed), sum(r["train_time_s"] for r in timed)
+    share = curve_s / (curve_s + train_s) if timed else None
+    return {"runs": len(timed), "curve_s": round(curve_s, 1), "train_s": round(train_s, 1), "share": share}
+
+
+def _num(x: float) -> float | None:
+    return None if math.isnan(x) else round(x, 4)
+
+
+# ---------------------------------------------------------------------------------------------------
+# figures
+
+
+def plot_budget_curves(runs: Runs, path: Path) -> list[str]:
+    """AP vs step per variant: the seed mean and a band from the lowest to the highest seed."""
+    fig = Figure(figsize=(12, 5))
+    ax = fig.subplots()
+    missing = []
+    for (v, m), colour in zip(runs.metrics.items(), palette(len(runs.metrics))):
+        curve = variant_curve(m)
+        if curve is None:
+            missing.append(v)
+            continue
+        values = np.array(list(curve.per_seed.values()))  # (S, T)
+        ax.plot(curve.steps, np.nanmean(values, axis=0), marker="o", ms=3, lw=1.2, color=colour, label=v)
+        if len(values) > 1:
+            ax.fill_between(curve.steps, np.nanmin(values, 0), np.nanmax(values, 0), color=colour, alpha=0.15)
+    ax.set_xlabel("step")
+    ax.set_ylabel("AP (0-100, curve images)")
+    ax.set_title("AP over the budget: mean over seeds, band = lowest to highest seed", fontsize=10)
+    if missing:
+        ax.annotate(
+            f"no curve: {', '.join(missing)}", (0.01, 0.99), xycoords="axes fraction", va="top", fontsize=7
+        )
+    if len(missing) < len(runs.metrics):
+        ax.legend(fontsize=7, ncol=2, loc="lower right")
+    _save(fig, path)
+    return missing
+
+
+def plot_budget_deltas(runs: Runs, path: Path) -> None:
+    """Δ AP vs step per main contrast with its ±2·SE band (the verdict threshold) and the paper's Δ."""
+    fig = Figure(figsize=(15, 3.6))
+    axes = fig.subplots(1, len(MAIN_ABLATIONS), sharey=True)
+    for ax, key in zip(axes, MAIN_ABLATIONS):
+        ablation = _ablation(key)
+        points = budget_points(ablation, runs)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.axhline(ablation.paper_delta("AP"), color="tab:gray", ls="--", lw=1, label="paper Δ (COCO)")
+        ax.set_title(f"{ablation.name}\n{stability(points)}", fontsize=8)
+        ax.set_xlabel("step")
+        if points is None:
+            ax.text(0.5, 0.5, "no curve", transform=ax.transAxes, ha="center")
+            continue
+        steps = np.array([p.step for p in points])  # (T,)
+        delta = np.array([p.delta for p in points])  # (T,)
+        se = np.array([p.se for p in points])  # (T,) NaN below 2 seeds a side
+        ax.plot(steps, delta, marker="o", ms=3, color="tab:blue", label="ours Δ")
+        ax.fill_between(steps, delta - 2 * se, delta + 2 * se, color="tab:blue", alpha=0.2, label="± 2·SE")
+    axes[0].set_ylabel("Δ AP (treated − baseline)")
+    axes[0].legend(fontsize=7)
+    _save(fig, path)
+
+
+def write_budget_figures(runs: Runs, figures_dir: Path) -> list[str]:
+    """FIGURES under figures_dir; returns the variants without a curve."""
+    missing = plot_budget_curves(runs, Path(figures_dir) / FIGURES[0])
+    plot_budget_deltas(runs, Path(figures_dir) / FIGURES[1])
+    return missing
