@@ -18,12 +18,12 @@ import json
 import math
 from pathlib import Path
 
-from pipeline.cli import CliError, run
+from pipeline.cli import CliError, prog, run
 from tood.config import RunConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog(__spec__), description=__doc__.splitlines()[0])
     parser.add_argument(
         "src", type=Path, help="mmdetection / fcjian checkpoint (.pth), weights under state_dict"
     )

@@ -3,6 +3,9 @@
     uv run python -m pipeline.mlflow_ui                # http://127.0.0.1:5000 over mlflow.db at the repo root
     uv run python -m pipeline.mlflow_ui --port 5001
 
+Store: $MLFLOW_TRACKING_URI when set (it overrides the default), else sqlite:///<repo>/mlflow.db, the
+SQLite file every training run logs to (<repo> is $DVC_ROOT when set, else this checkout).
+
 The printed link asks for the model-training view (`?workflowType=machine_learning`: MLflow 3.17/3.18
 open a fresh browser in the GenAI view whatever the experiment's tags say) and for the runs-table view
 with AP, head, assigner, anchor, alpha and beta columns (tood/engine/tracking.py). The server runs with
@@ -19,11 +22,17 @@ import subprocess
 import sys
 import time
 
+from pipeline.cli import prog
 from tood.engine import tracking
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog=prog(__spec__),
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"store now: {tracking.store_uri()}",  # what this call would open, env included
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=5000, help="port to listen on (default: 5000)")
     args = parser.parse_args(argv)

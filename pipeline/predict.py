@@ -25,7 +25,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from pipeline.cli import CliError, run
+from pipeline.cli import CliError, prog, run
 from tood.config import RunConfig
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -34,7 +34,7 @@ _CHECKPOINT_KEYS = ("config", "model", "cat_ids", "class_names")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog(__spec__), description=__doc__.splitlines()[0])
     parser.add_argument(
         "--checkpoint", type=Path, required=True, help="a training checkpoint, e.g. runs/tood/seed0/last.pt"
     )

@@ -15,11 +15,11 @@ import argparse
 import json
 from pathlib import Path
 
-from pipeline.cli import run
+from pipeline.cli import prog, run
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog(__spec__), description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="the params file (sections pretrain, model)")
     parser.add_argument("--out", type=Path, required=True, help="backbone checkpoint to write")
     parser.add_argument("--metrics", type=Path, required=True, help="JSON with the held-out accuracy")

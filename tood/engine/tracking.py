@@ -101,6 +101,11 @@ def tracking_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or REPO_ROOT).resolve()
 
 
+def store_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else the pipeline's own SQLite store at the repo root (see the module doc)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{tracking_root() / 'mlflow.db'}"
+
+
 def configure_tracking() -> str:
     """Point MLflow at the pipeline's store and make sure the experiment exists; returns the tracking URI.
 
@@ -109,7 +114,7 @@ def configure_tracking() -> str:
     """
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)  # before `import mlflow`: GitPython reads its variable at import
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{tracking_root() / 'mlflow.db'}"
+    uri = store_uri()
     if _is_http(uri):
         check_server(uri)
         for key, value in HTTP_RETRY_ENV.items():
