@@ -545,3 +545,9 @@ def test_bench_targets_reads_the_headline_and_each_main_contrast_from_summary(tw
     # seed 0: 33.5 - 30.5, seed 1: 32.5 - 29.5: the same +3.0 twice, so the paired SE is 0
     assert out[2].endswith("paired by seed (information only): Δ +3.00 ± 0.00, n 2")
     assert len(out) == 12 and out[-1].endswith("about 4 (worst contrast)")  # 0.71² · 2 / 0.5²
+
+
+def test_the_run_ids_say_they_exist_only_where_the_grid_ran(one_seed):
+    """Issue 18: a newcomer looked the committed run ids up in an empty MLflow store."""
+    text = " ".join(section(one_seed[0], "How to open the MLflow UI").split())
+    assert "a fresh clone has no such runs until its own `dvc repro` logs them" in text

@@ -57,7 +57,9 @@ uv run python -m pipeline.mlflow_ui      # mlflow server on 127.0.0.1:5000 over 
 ```
 Open the link it prints (the runs table of experiment `tood-ablations`, columns AP, head, assigner, anchor,
 alpha, beta), not the bare address, which MLflow greets with an empty GenAI page. Filter runs with e.g.
-`params.head = 'tood'` or `tags.variant = 'parallel_atss'`; the run ids above open a run directly."""
+`params.head = 'tood'` or `tags.variant = 'parallel_atss'`; the run ids above open a run directly.
+Those ids are in the MLflow store of the machine that trained these runs: a fresh clone has no such runs
+until its own `dvc repro` logs them, and then this table lists the new ids."""
 
 
 # ---------------------------------------------------------------------------------------------------
