@@ -693,7 +693,8 @@ def _figure(stats_by_split: dict[str, dict]) -> Figure:
     for ax, (title, xlabel) in zip((ax_n, ax_side, ax_cls), titles):
         ax.set_title(title)
         ax.set_xlabel(xlabel)
-        ax.legend()
+    # one legend for the three panels, above them: inside, "best" still touched a bar (issue 18)
+    fig.legend(*ax_n.get_legend_handles_labels(), loc="outside upper center", ncol=len(stats_by_split))
     return fig
 
 
