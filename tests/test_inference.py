@@ -165,3 +165,20 @@ def test_predict_cli_draws_boxes_and_writes_coco_json(trained, tmp_path):
     for d in detections:
         assert files[d["image_id"]] == d["file_name"] and d["category_name"] in ("red", "green", "blue")
         assert set(d) >= {"bbox", "score", "category_id"}
+
+
+def test_evaluation_reports_progress_with_an_eta_in_a_log(trained, monkeypatch, capsys):
+    from tood.engine import progress
+
+    root, params = trained
+    cfg = load_run_config(params, VARIANT)
+    ckpt = torch.load(root / "runs" / VARIANT / "seed0" / "last.pt", weights_only=True)
+    detector, _ = load_detector(ckpt, torch.device("cpu"))
+    dataset = build_dataset(cfg, None, train=False)
+    loader = build_loader(dataset, 1, shuffle=False, seed=0, drop_last=False)
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.0)  # a line per batch instead of one per 30 s
+    capsys.readouterr()
+    run_inference(detector, loader, cfg.eval, True, dataset.cat_ids)
+    err = capsys.readouterr().err
+    assert "\r" not in err and err.startswith("eval: 1/2 batches (50%), "), err
+    assert "ETA" in err.splitlines()[0]

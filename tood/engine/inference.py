@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from tood.config import AssignConfig, EvalConfig, RunConfig, from_dict
 from tood.data.dataset import Batch, build_dataset, build_loader
 from tood.engine.evaluate import alignment_stats, coco_eval, detections_to_coco, summarize_alignment
+from tood.engine.progress import progress as progress_bar  # the `progress` argument below is a bool
 from tood.engine.runtime import pick_device, print_timing, process_age_s
 from tood.model.assigners import choose_assigner
 from tood.model.backbone import NO_WEIGHTS
@@ -55,7 +55,7 @@ def run_inference(
     device = next(detector.parameters()).device
     results: list[dict] = []
     stats: list[dict] = []
-    for batch in tqdm(loader, desc="eval", disable=not progress, dynamic_ncols=True):
+    for batch in progress_bar(loader, desc="eval", unit="batch", disable=not progress):
         images = batch.images.to(device)
         out = detector(images)
         detections = detector.postprocess(
