@@ -6,11 +6,12 @@
 Store: $MLFLOW_TRACKING_URI when set (it overrides the default), else sqlite:///<repo>/mlflow.db, the
 SQLite file every training run logs to (<repo> is $DVC_ROOT when set, else this checkout).
 
-The printed link asks for the model-training view (`?workflowType=machine_learning`: MLflow 3.17/3.18
-open a fresh browser in the GenAI view whatever the experiment's tags say) and for the runs-table view
-with AP, head, assigner, anchor, alpha and beta columns (tood/engine/tracking.py). The server runs with
-one worker and no job runner (~0.5 GB instead of 2.8 GB); Ctrl-C stops it. If MLFLOW_TRACKING_URI
-names a server already, this only prints the link into it.
+The printed link goes through /tood/open, a page this server adds (tood/engine/mlflow_app.py) that stores
+in the browser what MLflow keeps only there: the model-training view (MLflow 3.17/3.18 open every page of a
+fresh browser in the GenAI view whatever the experiment's tags say), UI telemetry off and its notice
+dismissed, the Assistant panel closed. It then opens the runs table with AP, head, assigner, anchor, alpha
+and beta columns. The server runs with one worker and no job runner (~0.5 GB instead of 2.8 GB); Ctrl-C
+stops it. If MLFLOW_TRACKING_URI names a server already, this only prints the plain link into it.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         _wait_until_up(server, base)
-        print(f"\nMLflow UI: {tracking.runs_page_url(base, experiment_id)}\n", flush=True)
+        print(f"\nMLflow UI: {tracking.runs_page_url(base, experiment_id, via_open_page=True)}\n", flush=True)
         return server.wait()
     except KeyboardInterrupt:
         return 0
@@ -62,10 +63,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def server_command(store_uri: str, host: str, port: int) -> list[str]:
-    """`mlflow server` over `store_uri` with one worker (the default 4 take ~2.3 GB more)."""
+    """`mlflow server` over `store_uri` with one worker (the default 4 take ~2.3 GB more), serving our app:
+    MLflow's own plus the page that opens the UI in the model-training view (tood/engine/mlflow_app.py)."""
     return [
         sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store_uri,
-        "--host", host, "--port", str(port), "--workers", "1",
+        "--host", host, "--port", str(port), "--workers", "1", "--app-name", "tood-ui",
     ]  # fmt: skip
 
 

@@ -51,7 +51,7 @@ def pretrain(cfg, out: Path) -> dict:
     from tood.engine.runtime import AMP_DTYPES, resolve_amp
 
     p = cfg.pretrain
-    tracking.configure_tracking()
+    tracking.configure_tracking(tracking.PRETRAIN_EXPERIMENT)  # not a detection run: not in their table
     train, val = (make_crops(p, split, cfg.shapes.jpeg_quality) for split in ("train", "val"))
     precision = resolve_amp(cfg.train.amp, torch.device("cpu"))  # tood.engine.pretrain trains on the CPU
     print(f"pretrain: train.amp {cfg.train.amp} -> {precision}")

@@ -99,8 +99,9 @@ def test_cli_trains_saves_and_logs_its_own_mlflow_run(tmp_path, monkeypatch):
     assert report["used"] and report["top1_val"] == ckpt["summary"]["top1_val"]
     import mlflow
 
-    runs = mlflow.search_runs(experiment_names=["tood-ablations"])
+    runs = mlflow.search_runs(experiment_names=["tood-pretrain"])  # its own experiment (issue 18) ...
     assert list(runs["tags.variant"]) == ["pretrain"]
+    assert mlflow.get_experiment_by_name("tood-ablations") is None  # ... not a row of the detection runs
     assert runs["metrics.top1_val"].iloc[0] == pytest.approx(report["top1_val"])
 
 

@@ -505,8 +505,9 @@ def test_table1_params_and_gflops_paper_beside_ours(one_seed):
 def test_which_runs_lists_each_seeds_ap(two_seeds):
     text, _ = two_seeds
     runs = section(text, "Which runs make each row")
-    assert "| 0 | 30.5 | `run-parallel_atss-0` |" in line_with(runs, "`run-parallel_atss-0`")
-    assert "| 1 | 29.5 | `run-parallel_atss-1` |" in line_with(runs, "`run-parallel_atss-1`")
+    link = "http://127.0.0.1:5000/tood/open#/runs/run-parallel_atss-0?workflowType=machine_learning"
+    assert f"| 0 | 30.5 | [`run-parallel_atss-0`]({link}) |" in line_with(runs, "`run-parallel_atss-0`")
+    assert "| 1 | 29.5 | [`run-parallel_atss-1`](" in line_with(runs, "`run-parallel_atss-1`")
 
 
 def test_palette_gives_every_variant_its_own_colour():
