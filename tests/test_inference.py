@@ -112,9 +112,17 @@ def test_evaluate_cli_writes_metrics_schema_and_logs_into_the_training_run(train
         str(root / "runs" / VARIANT),
         "--out",
         str(out),
+        "--means",
+        str(root / "reports" / "means" / f"{VARIANT}.json"),
     ]
     assert evaluate_variant.main(argv) == 0
     metrics = json.loads(out.read_text())
+    # what `dvc metrics show` shows (issue 18): the means on the 0-100 scale and the seed count, nothing else;
+    # COCO's -1 (no large object at 64 px) is null, shown as '-'
+    means = json.loads((root / "reports" / "means" / f"{VARIANT}.json").read_text())
+    assert set(means) == {*evaluate_variant.DVC_MEANS, "seeds"} and means["seeds"] == 1
+    assert means["AP"] == round(100 * metrics["AP"], 2) and means["APl"] is None
+    assert metrics["ap_per_seed"] == [{"seed": 0, "AP": means["AP"]}]  # the list `dvc plots show` draws
     run_id = json.loads((root / "runs" / VARIANT / "seed0" / "mlflow_run.json").read_text())["run_id"]
     assert metrics["variant"] == VARIANT and set(metrics["seeds"]) == {"0"}
     for key in (*COCO_KEYS, *ALIGN_KEYS):

@@ -96,7 +96,7 @@ def test_cli_trains_saves_and_logs_its_own_mlflow_run(tmp_path, monkeypatch):
     ckpt = torch.load(out, weights_only=True)
     assert ckpt["depth"] == 18 and ckpt["class_names"] == [k.name for k in KINDS]
     report = json.loads(metrics.read_text())
-    assert report["used"] and report["top1_val"] == ckpt["summary"]["top1_val"]
+    assert report == {k: ckpt["summary"][k] for k in ("top1_val", "top1_train")}  # issue 18: 2 DVC columns
     import mlflow
 
     runs = mlflow.search_runs(experiment_names=["tood-pretrain"])  # its own experiment (issue 18) ...
@@ -118,5 +118,5 @@ def test_cli_does_not_train_when_the_profile_uses_imagenet(tmp_path):
         )
         == 0
     )
-    assert json.loads(metrics.read_text())["used"] is False
+    assert json.loads(metrics.read_text()) == {"top1_val": None, "top1_train": None}  # not trained
     assert "imagenet" in torch.load(out, weights_only=True)["unused"]
