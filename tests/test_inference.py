@@ -82,13 +82,18 @@ def test_train_cli_writes_run_folder_and_mean_curve(trained):
     assert [r["step"] for r in rows] == ["1", "2"]
 
 
-def test_run_inference_returns_coco_results_and_per_image_stats(trained):
+def _trained_detector_and_val(trained, batch_size: int):
+    """The fixture's trained detector, its config, the val dataset and a loader over it."""
     root, params = trained
     cfg = load_run_config(params, VARIANT)
     ckpt = torch.load(root / "runs" / VARIANT / "seed0" / "last.pt", weights_only=True)
     detector, _ = load_detector(ckpt, torch.device("cpu"))
     dataset = build_dataset(cfg, None, train=False)
-    loader = build_loader(dataset, 2, shuffle=False, seed=0, drop_last=False)
+    return detector, cfg, dataset, build_loader(dataset, batch_size, shuffle=False, seed=0, drop_last=False)
+
+
+def test_run_inference_returns_coco_results_and_per_image_stats(trained):
+    detector, cfg, dataset, loader = _trained_detector_and_val(trained, batch_size=2)
     eval_cfg = dataclasses.replace(cfg.eval, score_thr=0.0, max_per_img=7)
     results, stats = run_inference(detector, loader, eval_cfg, True, dataset.cat_ids, progress=False)
     assert len(stats) == len(dataset) == 2 and 0 < len(results) <= 2 * 7
@@ -178,12 +183,7 @@ def test_predict_cli_draws_boxes_and_writes_coco_json(trained, tmp_path):
 def test_evaluation_reports_progress_with_an_eta_in_a_log(trained, monkeypatch, capsys):
     from tood.engine import progress
 
-    root, params = trained
-    cfg = load_run_config(params, VARIANT)
-    ckpt = torch.load(root / "runs" / VARIANT / "seed0" / "last.pt", weights_only=True)
-    detector, _ = load_detector(ckpt, torch.device("cpu"))
-    dataset = build_dataset(cfg, None, train=False)
-    loader = build_loader(dataset, 1, shuffle=False, seed=0, drop_last=False)
+    detector, cfg, dataset, loader = _trained_detector_and_val(trained, batch_size=1)
     monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.0)  # a line per batch instead of one per 30 s
     capsys.readouterr()
     run_inference(detector, loader, cfg.eval, True, dataset.cat_ids)
