@@ -101,7 +101,7 @@ def check_paths(checkpoint: Path, images: Path, out: Path) -> None:
 
 def load_checkpoint(path: Path) -> dict:
     """torch.load(weights_only) of a training checkpoint; CliError (one line) if it is not one."""
-    from tood.engine.checkpoint import UnreadableCheckpoint, read_torch_file
+    from tood.model.torch_file import UnreadableCheckpoint, read_torch_file
 
     try:
         ckpt = read_torch_file(path)

@@ -181,7 +181,7 @@ def test_predict_cli_draws_boxes_and_writes_coco_json(trained, tmp_path):
 
 
 def test_evaluation_reports_progress_with_an_eta_in_a_log(trained, monkeypatch, capsys):
-    from tood.engine import progress
+    from tood import progress
 
     detector, cfg, dataset, loader = _trained_detector_and_val(trained, batch_size=1)
     monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.0)  # a line per batch instead of one per 30 s

@@ -1,4 +1,4 @@
-"""Progress with an ETA (tood/engine/progress.py): a tqdm bar on a terminal, a line every LOG_INTERVAL_S in
+"""Progress with an ETA (tood/progress.py): a tqdm bar on a terminal, a line every LOG_INTERVAL_S in
 a log, and the long loops use it (issue 18: `pretrain` printed nothing for 17.5 minutes)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import re
 import pytest
 from tqdm import tqdm
 
-from tood.engine import progress as progress_module
-from tood.engine.progress import LogProgress, progress
+from tood import progress as progress_module
+from tood.progress import LogProgress, progress
 
 
 class _Terminal(io.StringIO):
@@ -68,3 +68,14 @@ def test_pretrain_reports_progress_with_an_eta_in_a_log(monkeypatch, capsys):
 @pytest.mark.parametrize("seconds, text", [(41.4, "41s"), (839, "13m59s"), (10_920, "3h02m")])
 def test_durations_read_at_a_glance(seconds, text):
     assert progress_module._duration(seconds) == text
+
+
+def test_the_data_stage_reports_progress_while_it_draws_images(monkeypatch, capsys, tmp_path):
+    from tood.config import ShapesConfig
+    from tood.data.shapes import generate
+
+    monkeypatch.setattr(progress_module, "LOG_INTERVAL_S", 0.0)
+    generate(ShapesConfig(seed=3, num_train=3, num_val=2, image_size=64), tmp_path / "shapes")
+    err = capsys.readouterr().err
+    assert re.search(r"^shapes: draw train images: 1/3 images .*ETA", err, flags=re.MULTILINE), err
+    assert re.search(r"^shapes: draw val images: 2/2 images", err, flags=re.MULTILINE), err

@@ -334,7 +334,7 @@ def test_bf16_autocast_and_channels_last_train(env):
 
 def test_training_reports_progress_with_an_eta_for_the_run_in_a_log(env, monkeypatch, capsys):
     """Issue 18: long stages were silent in a log; tqdm's carriage-return bar is not a log line."""
-    from tood.engine import progress
+    from tood import progress
 
     monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.0)  # a line per step instead of one per 30 s
     train(tiny_config(env / "data"), 0, env / "progress")

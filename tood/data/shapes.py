@@ -38,6 +38,7 @@ from pycocotools import mask as mask_utils
 
 from tood.config import ShapesConfig
 from tood.model.boxes import pairwise_iou
+from tood.progress import progress
 
 SPLITS = ("train", "val")
 MIN_VISIBLE_PIXELS = 4
@@ -365,7 +366,7 @@ def _write_split(cfg: ShapesConfig, split: str, out_root: Path) -> dict:
     (out_root / split).mkdir(parents=True)
     count = cfg.num_train if split == "train" else cfg.num_val
     images, annotations, dropped = [], [], 0
-    for index in range(count):
+    for index in progress(range(count), desc=f"shapes: draw {split} images", unit="image"):
         image, objects, num_dropped = render_image(cfg, split, index)
         image_id = SPLITS.index(split) * 1_000_000 + index + 1  # unique over both splits, like COCO's
         file_name = f"{image_id:012d}.jpg"

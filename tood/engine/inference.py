@@ -17,12 +17,12 @@ from torch import Tensor
 from tood.config import AssignConfig, EvalConfig, RunConfig, from_dict
 from tood.data.dataset import Batch, build_dataset, build_loader
 from tood.engine.evaluate import alignment_stats, coco_eval, detections_to_coco, summarize_alignment
-from tood.engine.progress import progress as progress_bar  # the `progress` argument below is a bool
 from tood.engine.runtime import pick_device, print_timing, process_age_s
 from tood.model.assigners import choose_assigner
 from tood.model.backbone import NO_WEIGHTS
 from tood.model.detector import Detections, Detector, centerness_factor
 from tood.model.heads import HeadOutput
+from tood.progress import progress as progress_bar  # the `progress` argument below is a bool
 
 
 def uses_centerness(assign: AssignConfig, epochs: int) -> bool:

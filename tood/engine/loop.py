@@ -20,9 +20,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from tood.config import OptimConfig, RunConfig
 from tood.data.dataset import CocoDetection, build_loader
-from tood.engine.progress import progress
 from tood.engine.runtime import AMP_DTYPES
 from tood.model.detector import Detector
+from tood.progress import progress
 
 
 class TrainingDiverged(RuntimeError):

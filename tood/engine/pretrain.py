@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from tood.config import PretrainConfig
 from tood.data.shapes import KINDS, render_crop
-from tood.engine.progress import progress
+from tood.progress import progress
 
 # torchvision ResNet builders by depth (the detector's backbone uses the same ones: tood.model.backbone)
 _DEPTHS = (18, 34, 50, 101)

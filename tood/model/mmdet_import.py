@@ -37,9 +37,9 @@ from typing import Literal
 from torch import Tensor
 
 from tood.config import HEADLINE, RunConfig, load_params, resolve_run_config
-from tood.engine.checkpoint import UnreadableCheckpoint, read_torch_file
 from tood.model.backbone import NO_WEIGHTS
 from tood.model.detector import Detector
+from tood.model.torch_file import UnreadableCheckpoint, read_torch_file
 
 # The `model.pretrained` value that never downloads anything: an imported checkpoint carries every weight.
 NO_DOWNLOAD_PRETRAINED = NO_WEIGHTS

@@ -5,4 +5,5 @@
     tables.py      reports/tables.md and reports/summary.json
     figures.py     the PNG figures
     complexity.py  parameter counts and GFLOPs measured from the model (Table 1)
+    plots_template.py  .dvc/plots_template.html: `dvc plots show` with its chart libraries inline (offline)
 """
