@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.cli import run
+from pipeline.cli import prog, run
 from tood.config import load_executor_config, load_params, resolve_run_config, variant_names
 from tood.engine.executor import local_plan
 
@@ -26,7 +26,7 @@ STAMP = "params.yaml passed pipeline.check_params (every key known, every value 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog(__spec__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--params", default="params.yaml", type=Path, help="params file to validate")
     parser.add_argument(

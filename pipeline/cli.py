@@ -56,3 +56,10 @@ def _prog(main: Callable) -> str:
     """`pipeline.predict` for `python -m pipeline.predict` (whose __module__ is "__main__"), else the script."""
     spec = getattr(sys.modules.get(main.__module__), "__spec__", None)
     return spec.name if spec is not None else Path(sys.argv[0]).name
+
+
+def prog(spec) -> str | None:
+    """argparse's `prog` for a CLI module: `python -m pipeline.check_params` in its usage line, which is how
+    the README and dvc.yaml run it (argparse's default, the script's file name `check_params.py`, is not a
+    command that works). `spec` is the module's `__spec__` (None when the file is run as a script)."""
+    return f"python -m {spec.name}" if spec is not None else None

@@ -1,6 +1,7 @@
 """Stage `download_coco`: fetch, verify (MD5) and extract COCO 2017 under --root, then write --manifest.
 
-DVC tracks only the small manifest, never the 118k-file tree (shared/reference/dvc-mlflow.md §1.6). Re-running
+DVC tracks only the small manifest, never the 118k-file tree: hashing it would add seconds per stage that
+depends on it to every `dvc status` and no-op `dvc repro`, and caching it would store 20 GB twice. Re-running
 is cheap: finished archives are skipped without any network access. Offline machines: download the zips
 elsewhere and pass `--archives-dir DIR`.
 """
@@ -9,13 +10,13 @@ import argparse
 import logging
 import sys
 
-from pipeline.cli import run
+from pipeline.cli import prog, run
 from tood.data.download import COCO_BASE_URL, DownloadError, UnsafeArchiveError, prepare_coco2017
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog(__spec__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--root", default="data/coco", help="where train2017/, val2017/, annotations/ go")
     parser.add_argument("--manifest", default="data/coco.manifest.json", help="manifest JSON (the DVC out)")

@@ -10,6 +10,11 @@ configuration; tood.report.complexity). The seeds are the variant's own (`varian
 top-level list. Each seed also carries its budget curve ("curve": AP, AP50, AP75 per step, from the run's
 curve.csv; tood.engine.curve) and what it was measured on: "precision", "device" (the training machines)
 and "eval_device" (issue 16).
+
+--means writes what `dvc metrics show` shows for the variant (issue 18: every key of every seed made it
+322 KB in 19 lines): the means on COCO's 0-100 AP scale and the seed count, one row per variant. The full
+file is a DVC plot instead (its `ap_per_seed` list: AP per seed), so DVC keeps it, the run-cache
+restores it, and the metrics table stays narrow.
 """
 
 from __future__ import annotations
@@ -20,17 +25,20 @@ import math
 import statistics
 from pathlib import Path
 
-from pipeline.cli import run
+from pipeline.cli import prog, run
 from tood.config import RunConfig, load_run_config
 from tood.engine import tracking
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog(__spec__), description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("--variant", required=True, help="variant name in params.yaml (or 'tood')")
     parser.add_argument("--runs", type=Path, required=True, help="the variant's run folder (train --out)")
     parser.add_argument("--out", type=Path, required=True, help="metrics JSON to write")
+    parser.add_argument(
+        "--means", type=Path, default=None, help="also write the means `dvc metrics show` shows"
+    )
     parser.add_argument("--data-root", type=Path, default=None, help="overrides data.root of params.yaml")
     args = parser.parse_args(argv)
 
@@ -52,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         log_to_run(cfg, seed, run_id, metrics, complexity)
         per_seed[str(seed)] = {**_clean(metrics), "mlflow_run_id": run_id}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(aggregate(cfg, per_seed) | {"complexity": complexity}, indent=2) + "\n")
+    result = aggregate(cfg, per_seed) | {"complexity": complexity}
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.means is not None:
+        args.means.parent.mkdir(parents=True, exist_ok=True)
+        args.means.write_text(json.dumps(dvc_means(result), indent=2) + "\n")
     return 0
 
 
@@ -83,7 +95,32 @@ def aggregate(cfg: RunConfig, per_seed: dict[str, dict]) -> dict:
         values = [s[key] for s in per_seed.values() if s.get(key) is not None and not math.isnan(s[key])]
         mean[key] = statistics.fmean(values) if values else None
         std[key] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
-    return {"variant": cfg.variant, **mean, "std": std, "seeds": per_seed, "setting": setting(cfg)}
+    ap_per_seed = [{"seed": int(k), "AP": _ap_scale("AP", s.get("AP"))} for k, s in per_seed.items()]
+    return {
+        "variant": cfg.variant, **mean, "std": std, "seeds": per_seed, "setting": setting(cfg),
+        "ap_per_seed": ap_per_seed,  # a list, so `dvc metrics show` skips it; `dvc plots show` draws it
+    }  # fmt: skip
+
+
+# what `dvc metrics show` shows per variant: COCO AP (0-100, as in the paper) and Table 6's two alignment metrics
+DVC_MEANS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "pcc_top50", "iou_top10")
+
+
+def dvc_means(result: dict) -> dict:
+    """The variant's row of `dvc metrics show`: DVC_MEANS (null where no seed defines it) and the seed count."""
+    return {k: _ap_scale(k, result.get(k)) for k in DVC_MEANS} | {"seeds": len(result["seeds"])}
+
+
+def _ap_scale(key: str, value: float | None) -> float | None:
+    """AP keys x100 (0-100), rounded for a terminal; others rounded to 3 decimals; None, NaN and COCO's -1
+    ("no object of that size", e.g. APl at 128 px) become None, which DVC shows as '-'."""
+    if (
+        value is None
+        or (isinstance(value, float) and math.isnan(value))
+        or (key.startswith("AP") and value < 0)
+    ):
+        return None
+    return round(100 * value, 2) if key.startswith("AP") else round(value, 3)
 
 
 def setting(cfg: RunConfig) -> dict:

@@ -6,7 +6,8 @@
 DST is a checkpoint for tood.engine.inference.load_detector and `pipeline.predict --checkpoint DST`: the converted
 weights, the --params headline config with the source's head and anchor type (and nothing to download),
 and COCO's 80 category ids and names. A source tensor without a place in our model, one of ours missing
-from the source, or a shape mismatch ends the command with exit status 1 and names the keys.
+from the source, a shape mismatch, or a file that is no PyTorch checkpoint ends the command with one line
+naming the file and the keys, and exit status 2 (pipeline.cli.run).
 `--evaluate` then runs COCO val (data section of --params) and writes COCO AP + the Table 6 metrics.
 """
 
@@ -15,15 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
-from pipeline.cli import run
+from pipeline.cli import CliError, prog, run
 from tood.config import RunConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog(__spec__), description=__doc__.splitlines()[0])
     parser.add_argument(
         "src", type=Path, help="mmdetection / fcjian checkpoint (.pth), weights under state_dict"
     )
@@ -43,9 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = import_checkpoint(
             load_source(args.src, args.allow_pickle), args.params, args.anchor, source_name=str(args.src)
         )
-    except CheckpointImportError as e:  # a ConfigError goes to pipeline.cli.run: one line, exit 2
-        print(f"import_checkpoint: {args.src}: {e}", file=sys.stderr)
-        return 1
+    except CheckpointImportError as e:  # pipeline.cli.run: one line, exit 2, as every CLI's user errors
+        raise CliError(f"{args.src}: {e}") from None
     args.dst.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, args.dst)
     s = ckpt["summary"]

@@ -19,14 +19,13 @@ import argparse
 import dataclasses
 import json
 import os
-import pickle
 import sys
 import tempfile
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from pipeline.cli import CliError, run
+from pipeline.cli import CliError, prog, run
 from tood.config import RunConfig
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -35,7 +34,7 @@ _CHECKPOINT_KEYS = ("config", "model", "cat_ids", "class_names")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog(__spec__), description=__doc__.splitlines()[0])
     parser.add_argument(
         "--checkpoint", type=Path, required=True, help="a training checkpoint, e.g. runs/tood/seed0/last.pt"
     )
@@ -102,13 +101,16 @@ def check_paths(checkpoint: Path, images: Path, out: Path) -> None:
 
 def load_checkpoint(path: Path) -> dict:
     """torch.load(weights_only) of a training checkpoint; CliError (one line) if it is not one."""
-    import torch
+    from tood.model.torch_file import UnreadableCheckpoint, read_torch_file
 
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CliError(f"--checkpoint {path}: not a readable PyTorch checkpoint ({reason})") from None
+        ckpt = read_torch_file(path)
+    except UnreadableCheckpoint as e:
+        # never PyTorch's advice to load unsafely: this project's checkpoints load weights-only
+        reason = "not a training checkpoint of this project; it " if e.needs_pickle else ""
+        raise CliError(f"--checkpoint {path}: {reason}{e}") from None
+    except OSError as e:
+        raise CliError(f"--checkpoint {path}: cannot be read ({e.strerror})") from None
     missing = [k for k in _CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise CliError(f"--checkpoint {path}: not a training checkpoint of this project (no {missing})")

@@ -21,13 +21,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pipeline.cli import run
+from pipeline.cli import prog, run
 from tood.config import HEADLINE, ConfigError, RunConfig, load_params, resolve_data_root, resolve_run_config
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog(__spec__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--params", default="params.yaml", help="params file (data and shapes sections)")
     parser.add_argument(

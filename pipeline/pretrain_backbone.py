@@ -4,7 +4,10 @@
         --metrics reports/pretrain.json
 
 The classifier (ResNet of model.depth on shape crops) is logged to MLflow as its own run ("pretrain ...",
-tag variant=pretrain) with its loss, lr and accuracy; --metrics gets its top-1 accuracy on held-out crops.
+tag variant=pretrain, in experiment tood-pretrain) with its loss, lr and accuracy. --metrics gets only its
+top-1 accuracy on held-out and on training crops (null when nothing was trained): it is a row of `dvc metrics
+show`, which is one table for every stage, so a key here is a column there (issue 18); the rest of the
+summary (loss, steps, time) is in the checkpoint and the MLflow run.
 When params.yaml's model.pretrained is not --out (the COCO profile uses imagenet), nothing is trained:
 --out then records that it is unused, so the stage still has its outputs and costs nothing.
 """
@@ -15,11 +18,13 @@ import argparse
 import json
 from pathlib import Path
 
-from pipeline.cli import run
+from pipeline.cli import prog, run
+
+METRICS = ("top1_val", "top1_train")  # --metrics: the columns this stage adds to `dvc metrics show`
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog(__spec__), description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="the params file (sections pretrain, model)")
     parser.add_argument("--out", type=Path, required=True, help="backbone checkpoint to write")
     parser.add_argument("--metrics", type=Path, required=True, help="JSON with the held-out accuracy")
@@ -32,11 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     if resolve_repo_path(cfg.model.pretrained).resolve() != resolve_repo_path(args.out).resolve():
         note = f"not used: model.pretrained is {cfg.model.pretrained!r}, not {args.out}"
         _write_unused(args.out, note)
-        args.metrics.write_text(json.dumps({"used": False, "note": note}, indent=2) + "\n")
+        args.metrics.write_text(json.dumps(dict.fromkeys(METRICS), indent=2) + "\n")
         print(f"pretrain: {note}")
         return 0
     summary = pretrain(cfg, args.out)
-    args.metrics.write_text(json.dumps({"used": True, **summary}, indent=2) + "\n")
+    args.metrics.write_text(json.dumps({k: summary[k] for k in METRICS}, indent=2) + "\n")
     print(f"pretrain: top-1 {summary['top1_val']:.3f} on {cfg.pretrain.num_val} held-out crops -> {args.out}")
     return 0
 
@@ -51,7 +56,7 @@ def pretrain(cfg, out: Path) -> dict:
     from tood.engine.runtime import AMP_DTYPES, device_name, resolve_amp
 
     p = cfg.pretrain
-    tracking.configure_tracking()
+    tracking.configure_tracking(tracking.PRETRAIN_EXPERIMENT)  # not a detection run: not in their table
     train, val = (make_crops(p, split, cfg.shapes.jpeg_quality) for split in ("train", "val"))
     precision = resolve_amp(cfg.train.amp, torch.device("cpu"))  # tood.engine.pretrain trains on the CPU
     print(f"pretrain: train.amp {cfg.train.amp} -> {precision}")

@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.cli import run
+from pipeline.cli import prog, run
 from tood.config import load_params
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog(__spec__), description=__doc__.splitlines()[0])
     parser.add_argument(
         "--params", default="params.yaml", type=Path, help="params file (variants, alpha, beta)"
     )

@@ -17,12 +17,12 @@ import json
 import os
 from pathlib import Path
 
-from pipeline.cli import run
+from pipeline.cli import prog, run
 from tood.config import load_run_config
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog(__spec__), description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("--variant", required=True, help="variant name in params.yaml (or 'tood')")
     parser.add_argument("--seed", type=int, required=True, help="one of the variant's seeds")

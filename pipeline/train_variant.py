@@ -26,13 +26,13 @@ import sys
 from pathlib import Path
 
 from pipeline import train_run
-from pipeline.cli import run
+from pipeline.cli import prog, run
 from tood.config import load_executor_config, load_params, resolve_repo_path, resolve_run_config
 from tood.engine.executor import Run, RunsFailed, local_plan, run_local, run_slurm, usable_cores
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog(__spec__), description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("--variant", required=True, help="variant name in params.yaml (or 'tood')")
     parser.add_argument("--out", type=Path, required=True, help="run folder, e.g. runs/<variant>")

@@ -7,6 +7,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -152,3 +153,29 @@ def test_a_bug_keeps_its_traceback(tmp_path):
         ["-c", "from pipeline.cli import run\ndef main():\n    raise KeyError('bug')\nrun(main)"], tmp_path
     )
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "KeyError" in proc.stderr
+
+
+@pytest.mark.parametrize("name", CLIS)
+def test_help_names_the_real_command_and_only_files_in_the_repo(name, monkeypatch):
+    """Issue 18: usage read `check_params.py` (not a command that runs), and download_coco's help cited
+    shared/reference/dvc-mlflow.md, which is not in the repo."""
+    text = _parser_of(name, monkeypatch).format_help()
+    assert text.startswith(f"usage: python -m pipeline.{name} "), text.splitlines()[0]
+    cited = set(re.findall(r"[\w./-]+/[\w.-]+\.(?:md|yaml|py|json)\b", text)) - {"images.cocodataset.org"}
+    missing = [
+        path for path in cited if not (REPO / path).exists() and not path.startswith(("runs/", "data/"))
+    ]
+    assert not missing, f"pipeline.{name} --help cites files that are not in the repo: {missing}"
+
+
+def test_mlflow_ui_help_says_which_store_it_opens(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////somewhere/else.db")
+    text = _parser_of("mlflow_ui", monkeypatch).format_help()
+    assert "mlflow.db" in text and "$MLFLOW_TRACKING_URI" in text and "overrides" in text
+    assert "store now: sqlite:////somewhere/else.db" in text  # the store this very call would open
+
+
+def test_profile_help_describes_every_profile(monkeypatch):
+    text = _parser_of("profile", monkeypatch).format_help()
+    for profile in sorted((REPO / "profiles").glob("*.yaml")):
+        assert f"python -m pipeline.profile {profile.stem} " in text, profile.stem  # `quick` was missing

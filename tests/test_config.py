@@ -76,7 +76,7 @@ def test_resolved_config_round_trips(tmp_path):
         (lambda p: p["model"].update(head="retina"), ["model.head", "'retina'", "'tood'", "'parallel'"]),
         (
             lambda p: p["variants"]["thead_atss"].update(assigner="simota"),
-            ["assign.assigner", "'simota'", "'atss'"],
+            ["params.yaml: variants.thead_atss.assigner: 'simota'", "'atss'"],  # where it was written
         ),
         (lambda p: p["model"].update(anchor="both"), ["model.anchor", "'both'", "'free'", "'based'"]),
         (lambda p: p["model"].update(depth=152), ["model.depth", "152", "18"]),
@@ -121,3 +121,41 @@ def test_configs_are_frozen():
     cfg = _resolve(_params())
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.assign.alpha = 3.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("variant", "key", "value", "expected"),
+    [
+        # issue 18: these were reported as `assign.alpha` / `assign.assigner` / `model.gn_groups`, sections
+        # that hold only valid values, so the user could not find the mistake
+        ("a05_b2", "alpha", -2, "params.yaml: variants.a05_b2.alpha: -2.0 is out of range; must be >= 0.0"),
+        ("parallel_atss", "assigner", "atts", "params.yaml: variants.parallel_atss.assigner: 'atts' is not"),
+        (
+            "a05_b4",
+            "gn_groups",
+            7,
+            "params.yaml: variants.a05_b4.gn_groups: 7 must divide model.fpn_channels",
+        ),
+        ("a05_b4", "topk", "13", "params.yaml: variants.a05_b4.topk: '13' should be int"),
+    ],
+)
+def test_a_bad_variant_value_is_named_where_it_was_written(variant, key, value, expected):
+    params = _params()
+    params["variants"][variant][key] = value
+    with pytest.raises(ConfigError) as err:
+        _resolve(params, variant)
+    assert str(err.value).startswith(expected), err.value
+    assert "assign." not in str(err.value) and "model." + key not in str(err.value)
+
+
+def test_a_section_name_inside_a_variant_gets_no_misleading_suggestion():
+    params = _params()
+    params["variants"]["a05_b4"]["train"] = {"epochs": 3}
+    with pytest.raises(ConfigError) as err:
+        _resolve(params, "a05_b4")
+    message = str(err.value)
+    assert message.startswith("params.yaml: variants.a05_b4.train: unknown override"), message
+    assert "did you mean" not in message and "shared top-level section" in message  # was: 'pretrained'?
+    params["variants"]["a05_b4"] = {"alhpa": 0.5}
+    with pytest.raises(ConfigError, match="did you mean 'alpha'"):  # a real near-miss keeps its hint
+        _resolve(params, "a05_b4")

@@ -18,6 +18,7 @@ import yaml
 
 from tood.config import ConfigError, LocalExecutorConfig, load_executor_config
 from tood.engine.executor import (
+    ProgressRelay,
     Run,
     RunsFailed,
     TrainTask,
@@ -129,6 +130,39 @@ def test_run_local_runs_jobs_at_once_each_with_its_log_and_names_the_failed_one(
     assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1]  # 0 and 1 at once
     assert spans[2][0] >= max(spans[0][1], spans[1][1])  # 2 needs both cores
     assert (tmp_path / "logs" / "v-seed2.log").read_text().startswith("line of")
+
+
+def test_running_runs_show_their_newest_progress_line_every_interval(tmp_path, capsys):
+    """Issue 18 item 6 under the executor: the runs write to their logs, the stage relays their ETAs."""
+    logs = {
+        "tood-seed0": tmp_path / "a.log",
+        "tood-seed1": tmp_path / "b.log",
+        "tood-seed2": tmp_path / "c.log",
+    }
+    logs["tood-seed0"].write_text(
+        "train tood/seed0: 30/2112 steps (1%), 4.1 steps/s, elapsed 7s, ETA 8m27s, loss 1.2\n"
+        "timing: something else\n"
+        "train tood/seed0: 150/2112 steps (7%), 4.2 steps/s, elapsed 36s, ETA 7m47s, loss 0.9\n"
+    )
+    logs["tood-seed1"].write_text(
+        "epoch 1/24:  3%|▎  | 3/88 [00:01<00:17, 4.9it/s]\rpretrain: 9/90, ETA 1m02s\r"
+    )
+    # tood-seed2 has not written a log yet
+    now = [0.0]
+    relay = ProgressRelay(interval_s=30, clock=lambda: now[0])
+    relay.relay(logs)
+    now[0] = 29.0
+    relay.relay(logs)
+    assert capsys.readouterr().out == ""  # nothing before the first interval
+    now[0] = 30.0
+    relay.relay(logs)
+    assert capsys.readouterr().out.splitlines() == [
+        "tood-seed0: train tood/seed0: 150/2112 steps (7%), 4.2 steps/s, elapsed 36s, ETA 7m47s, loss 0.9",
+        "tood-seed1: pretrain: 9/90, ETA 1m02s",
+    ]
+    now[0] = 45.0
+    relay.relay(logs)
+    assert capsys.readouterr().out == ""  # the next lines come one interval later
 
 
 @pytest.mark.slow

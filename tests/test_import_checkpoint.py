@@ -7,7 +7,10 @@ functional forward of mmdet's heads that reads those mmdet-named tensors directl
 
 from __future__ import annotations
 
+import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +28,7 @@ from PIL import Image
 
 from pipeline import import_checkpoint as cli
 from pipeline import predict
+from pipeline.cli import CliError
 from tood.engine.inference import load_detector
 from tood.model.detector import Detector
 from tood.model.mmdet_import import (
@@ -126,10 +130,11 @@ def test_cli_rejects_a_renamed_key_and_names_it(tiny_params, tmp_path, capsys):
     sd = src["state_dict"]
     sd["bbox_head.tood_clss.weight"] = sd.pop("bbox_head.tood_cls.weight")
     torch.save(src, tmp_path / "src.pth")
-    assert cli.main([str(tmp_path / "src.pth"), str(tmp_path / "dst.pt"), "--params", str(tiny_params)]) == 1
-    err = capsys.readouterr().err
-    assert "no place in our model: bbox_head.tood_clss.weight" in err
-    assert "missing from the source: bbox_head.tood_cls.weight" in err
+    with pytest.raises(CliError) as err:  # pipeline.cli.run makes it one line with exit status 2
+        cli.main([str(tmp_path / "src.pth"), str(tmp_path / "dst.pt"), "--params", str(tiny_params)])
+    assert str(err.value).startswith(f"{tmp_path / 'src.pth'}: ")
+    assert "no place in our model: bbox_head.tood_clss.weight" in str(err.value)
+    assert "missing from the source: bbox_head.tood_cls.weight" in str(err.value)
     assert not (tmp_path / "dst.pt").exists()
 
 
@@ -287,3 +292,27 @@ def test_cli_import_then_predict_and_evaluate(tiny_params, tmp_path, capsys):
     assert predict.main([*pred_argv, "--out", str(out), "--score-thr", "0"]) == 0
     detections = json.loads((out / "detections.json").read_text())
     assert detections and {d["category_name"] for d in detections} <= {n for _, n in COCO_CATEGORIES}
+
+
+@pytest.mark.parametrize("flags", [[], ["--allow-pickle"]])
+def test_a_file_that_is_no_checkpoint_is_one_line_with_exit_2(flags, tmp_path):
+    """Issue 18: a text file gave the path twice, advice to pass --allow-pickle, and the same advice again
+    with --allow-pickle (`invalid load key, 'n'`), with exit status 1 unlike every other CLI."""
+    bogus = tmp_path / "bogus.pth"
+    bogus.write_text("not a checkpoint\n")
+    cmd = [sys.executable, "-m", "pipeline.import_checkpoint", str(bogus), str(tmp_path / "out.pt"), *flags]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"pipeline.import_checkpoint: error: {bogus}: not a PyTorch checkpoint"), lines
+    assert lines[0].count(str(bogus)) == 1 and "pickle" not in lines[0].replace("a pickle before", "")
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_a_pickled_object_still_gets_the_allow_pickle_advice(tmp_path):
+    src = tmp_path / "pickled.pth"
+    torch.save({"state_dict": {}, "meta": argparse.Namespace(epoch=12)}, src)  # mmdet 2.x saves such meta
+    with pytest.raises(
+        CliError, match=r"weights-only load refuses \(.*argparse.Namespace.*pass --allow-pickle"
+    ):
+        cli.main([str(src), str(tmp_path / "out.pt")])

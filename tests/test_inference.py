@@ -82,13 +82,18 @@ def test_train_cli_writes_run_folder_and_mean_curve(trained):
     assert [r["step"] for r in rows] == ["1", "2"]
 
 
-def test_run_inference_returns_coco_results_and_per_image_stats(trained):
+def _trained_detector_and_val(trained, batch_size: int):
+    """The fixture's trained detector, its config, the val dataset and a loader over it."""
     root, params = trained
     cfg = load_run_config(params, VARIANT)
     ckpt = torch.load(root / "runs" / VARIANT / "seed0" / "last.pt", weights_only=True)
     detector, _ = load_detector(ckpt, torch.device("cpu"))
     dataset = build_dataset(cfg, None, train=False)
-    loader = build_loader(dataset, 2, shuffle=False, seed=0, drop_last=False)
+    return detector, cfg, dataset, build_loader(dataset, batch_size, shuffle=False, seed=0, drop_last=False)
+
+
+def test_run_inference_returns_coco_results_and_per_image_stats(trained):
+    detector, cfg, dataset, loader = _trained_detector_and_val(trained, batch_size=2)
     eval_cfg = dataclasses.replace(cfg.eval, score_thr=0.0, max_per_img=7)
     results, stats = run_inference(detector, loader, eval_cfg, True, dataset.cat_ids, progress=False)
     assert len(stats) == len(dataset) == 2 and 0 < len(results) <= 2 * 7
@@ -112,9 +117,17 @@ def test_evaluate_cli_writes_metrics_schema_and_logs_into_the_training_run(train
         str(root / "runs" / VARIANT),
         "--out",
         str(out),
+        "--means",
+        str(root / "reports" / "means" / f"{VARIANT}.json"),
     ]
     assert evaluate_variant.main(argv) == 0
     metrics = json.loads(out.read_text())
+    # what `dvc metrics show` shows (issue 18): the means on the 0-100 scale and the seed count, nothing else;
+    # COCO's -1 (no large object at 64 px) is null, shown as '-'
+    means = json.loads((root / "reports" / "means" / f"{VARIANT}.json").read_text())
+    assert set(means) == {*evaluate_variant.DVC_MEANS, "seeds"} and means["seeds"] == 1
+    assert means["AP"] == round(100 * metrics["AP"], 2) and means["APl"] is None
+    assert metrics["ap_per_seed"] == [{"seed": 0, "AP": means["AP"]}]  # the list `dvc plots show` draws
     run_id = json.loads((root / "runs" / VARIANT / "seed0" / "mlflow_run.json").read_text())["run_id"]
     assert metrics["variant"] == VARIANT and set(metrics["seeds"]) == {"0"}
     for key in (*COCO_KEYS, *ALIGN_KEYS):
@@ -170,3 +183,15 @@ def test_predict_cli_draws_boxes_and_writes_coco_json(trained, tmp_path):
     for d in detections:
         assert files[d["image_id"]] == d["file_name"] and d["category_name"] in ("red", "green", "blue")
         assert set(d) >= {"bbox", "score", "category_id"}
+
+
+def test_evaluation_reports_progress_with_an_eta_in_a_log(trained, monkeypatch, capsys):
+    from tood import progress
+
+    detector, cfg, dataset, loader = _trained_detector_and_val(trained, batch_size=1)
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.0)  # a line per batch instead of one per 30 s
+    capsys.readouterr()
+    run_inference(detector, loader, cfg.eval, True, dataset.cat_ids)
+    err = capsys.readouterr().err
+    assert "\r" not in err and err.startswith("eval: 1/2 batches (50%), "), err
+    assert "ETA" in err.splitlines()[0]

@@ -115,14 +115,18 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 def test_missing_or_broken_checkpoint_is_one_line(images, tmp_path):
     (tmp_path / "broken.pt").write_bytes(b"definitely not a zip")
+    torch.save({"model": {}}, tmp_path / "cut.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "cut.pt").read_bytes()[:100])
     for ckpt, needle in (
         (tmp_path / "absent.pt", "no such file"),
-        (tmp_path / "broken.pt", "not a readable"),
+        (tmp_path / "broken.pt", "not a PyTorch checkpoint (torch.save writes a zip archive"),
+        (tmp_path / "cut.pt", "a damaged or truncated PyTorch file"),
     ):
         proc = _cli(_argv(ckpt, images, tmp_path / "pred"), tmp_path)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert lines[0].startswith(f"pipeline.predict: error: --checkpoint {ckpt}: {needle}"), lines[0]
+        assert "weights_only" not in lines[0]  # issue 18: never PyTorch's advice to turn safe loading off
     assert not (tmp_path / "pred").exists()
 
 

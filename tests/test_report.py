@@ -13,14 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from figure_layout import layout_problems
+from matplotlib.colors import to_rgb
 from matplotlib.container import BarContainer
+from matplotlib.figure import Figure
 
 from pipeline.tabulate import main
 from tood.config import ConfigError, load_params, resolve_run_config, variant_names
 from tood.engine import evaluate
-from tood.report import paper
+from tood.report import figures, paper
 from tood.report.figures import mean_loss_curve, palette, plot_ablations, read_losses, switch_step
-from tood.report.results import ALIGN_KEYS, AP_KEYS, Stat, fmt_value, load_runs, standard_error, verdict
+from tood.report.results import ALIGN_KEYS, AP_KEYS, Runs, Stat, fmt_value, load_runs, standard_error, verdict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -502,8 +505,9 @@ def test_table1_params_and_gflops_paper_beside_ours(one_seed):
 def test_which_runs_lists_each_seeds_ap(two_seeds):
     text, _ = two_seeds
     runs = section(text, "Which runs make each row")
-    assert "| 0 | 30.5 | `run-parallel_atss-0` |" in line_with(runs, "`run-parallel_atss-0`")
-    assert "| 1 | 29.5 | `run-parallel_atss-1` |" in line_with(runs, "`run-parallel_atss-1`")
+    link = "http://127.0.0.1:5000/tood/open#/runs/run-parallel_atss-0?workflowType=machine_learning"
+    assert f"| 0 | 30.5 | [`run-parallel_atss-0`]({link}) |" in line_with(runs, "`run-parallel_atss-0`")
+    assert "| 1 | 29.5 | [`run-parallel_atss-1`](" in line_with(runs, "`run-parallel_atss-1`")
 
 
 def test_palette_gives_every_variant_its_own_colour():
@@ -546,3 +550,80 @@ def test_bench_targets_reads_the_headline_and_each_main_contrast_from_summary(tw
     assert out[2].endswith("paired by seed (information only): Δ +3.00 ± 0.00, n 2")
     assert len(out) == 13 and out[-2].endswith("about 4 (worst contrast)")  # 0.71² · 2 / 0.5²
     assert out[-1] == "budget curves: no run records their cost (metrics from before issue 16)"
+
+
+def test_the_run_ids_say_they_exist_only_where_the_grid_ran(one_seed):
+    """Issue 18: a newcomer looked the committed run ids up in an empty MLflow store."""
+    text = " ".join(section(one_seed[0], "How to open the MLflow UI").split())
+    assert "a fresh clone has no such runs until its own `dvc repro` logs them" in text
+
+
+# ---------------------------------------------------------------------------------------------------
+# figure layout (issue 18), on a full grid shaped like the committed one: invented values near the committed
+# means, 2 seeds for the main variants and 1 for the Table 4 cells, so that the bars fill the axes as they do
+# in reports/figures/
+
+GRID_AP = {
+    "tood": 0.22, "parallel_atss": 0.306, "thead_atss": 0.144, "parallel_tal": 0.32, "ab_parallel_atss": 0.321,
+    "ab_thead_atss": 0.155, "ab_tood": 0.254, "a05_b2": 0.281, "a05_b4": 0.25, "a05_b6": 0.23, "a1_b8": 0.262,
+    "a15_b8": 0.278,
+}  # fmt: skip
+GRID_ALIGN = {"pcc_top50": 0.69, "iou_top10": 0.6}
+
+
+@pytest.fixture(scope="module")
+def full_grid(tmp_path_factory) -> tuple[Runs, Path]:
+    variants = yaml.safe_load((REPO / "params.yaml").read_text())["variants"]
+    tmp = make_inputs(tmp_path_factory.mktemp("full_grid"), [0, 1], variants=variants)
+    for path in (tmp / "metrics").glob("*.json"):
+        m = json.loads(path.read_text())
+        target = {"AP": GRID_AP[m["variant"]], **GRID_ALIGN}
+        for key, value in target.items():
+            shift = value - m[key]
+            m[key] = value
+            for per_seed in m["seeds"].values():
+                per_seed[key] += shift
+        path.write_text(json.dumps(m))
+        for s in m["seeds"]:  # a loss curve per variant and seed
+            d = tmp / "runs" / m["variant"] / f"seed{s}"
+            d.mkdir(parents=True, exist_ok=True)
+            rows = [f"{i},{i // 4},0.01,{3 - i * 0.05},{2 - i * 0.05},{1 + int(s) * 0.1}" for i in range(24)]
+            (d / "losses.csv").write_text("step,epoch,lr,loss,loss_cls,loss_box\n" + "\n".join(rows) + "\n")
+    return load_runs(load_params(tmp / "params.yaml"), tmp / "metrics"), tmp
+
+
+def _figure_of(plot, monkeypatch, *args) -> Figure:
+    """The figure a plot_* function saves (each saves through figures._save)."""
+    saved = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: saved.append(fig))
+    plot(*args)
+    return saved[0]
+
+
+@pytest.mark.parametrize("plot", [figures.plot_alignment, figures.plot_ablations, figures.plot_alpha_beta])
+def test_no_legend_covers_a_bar_and_no_label_is_clipped(plot, full_grid, monkeypatch, tmp_path):
+    runs, _ = full_grid
+    fig = _figure_of(plot, monkeypatch, runs, tmp_path / "f.png")
+    assert layout_problems(fig) == []
+
+
+def test_alignment_axes_are_labelled(full_grid, monkeypatch, tmp_path):
+    fig = _figure_of(figures.plot_alignment, monkeypatch, full_grid[0], tmp_path / "f.png")
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert "PCC" in labels[0] and "IoU" in labels[1], labels
+
+
+def test_loss_curves_are_told_apart(full_grid, monkeypatch, tmp_path):
+    """12 curves in one axes, in tab20's paired light/strong shades, could not be told apart (issue 18)."""
+    runs, tmp = full_grid
+    fig = _figure_of(figures.plot_losses, monkeypatch, runs, tmp / "runs", tmp_path / "f.png")
+    seen = set()
+    for ax in fig.axes:
+        lines = [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+        colours = [np.array(to_rgb(line.get_color())) for line in lines]
+        assert len(lines) <= 7, [line.get_label() for line in lines]
+        closest = min(np.linalg.norm(a - b) for i, a in enumerate(colours) for b in colours[i + 1 :])
+        assert closest >= 0.25, f"two curves of '{ax.get_title()}' in near colours ({closest:.2f})"
+        seen |= {line.get_label() for line in lines}
+    assert seen == set(runs.metrics)  # every variant is drawn
+    assert layout_problems(fig) == []

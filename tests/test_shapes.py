@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from figure_layout import layout_problems
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
@@ -20,6 +21,7 @@ from tood.data.shapes import (
     KINDS,
     MARKER,
     ForeignFolderError,
+    _figure,
     dataset_stats,
     fpn_levels,
     generate,
@@ -268,3 +270,26 @@ def test_generator_refuses_a_file(tmp_path):
     with pytest.raises(ForeignFolderError, match="file"):
         generate(TINY, tmp_path / "file")
     assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_the_stats_figure_legend_covers_no_bar():
+    """Issue 18: the legend touched the `cross` bar. Counts shaped like the committed data_stats.png (four
+    classes of about equal size, so no corner of the class panel is free)."""
+    edges = np.geomspace(2, 1000, 41)
+    stats = {
+        split: {
+            "objects_per_image": {"hist": hist},
+            "side_hist": {
+                "counts": np.interp(edges[:-1], [10, 30, 60, 90], [0, peak, peak, 0]),
+                "edges": edges,
+            },
+            "classes": [
+                {"name": n, "count": c} for n, c in zip(("rectangle", "triangle", "ring", "cross"), counts)
+            ],
+        }
+        for split, hist, peak, counts in (
+            ("train", [0, 189, 127, 114, 102, 80, 52, 31, 9], 250, [575, 557, 511, 549]),
+            ("val", [0, 143, 92, 71, 79, 49, 48, 22, 8], 200, [431, 390, 414, 369]),
+        )
+    }
+    assert layout_problems(_figure(stats)) == []

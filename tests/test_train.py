@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import random
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -329,3 +330,17 @@ def test_bf16_autocast_and_channels_last_train(env):
     cfg = tiny_config(env / "data", epochs=1, amp="bf16", channels_last=True)
     summary = train(cfg, 0, env / "bf16")
     assert math.isfinite(summary["final_loss"]) and summary["iterations"] == 2
+
+
+def test_training_reports_progress_with_an_eta_for_the_run_in_a_log(env, monkeypatch, capsys):
+    """Issue 18: long stages were silent in a log; tqdm's carriage-return bar is not a log line."""
+    from tood import progress
+
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.0)  # a line per step instead of one per 30 s
+    train(tiny_config(env / "data"), 0, env / "progress")
+    err = capsys.readouterr().err  # pytest's capture is not a terminal: the log form
+    assert "\r" not in err
+    lines = re.findall(r"^train epoch (\d)/2: (\d)/4 steps .*ETA", err, flags=re.MULTILINE)
+    assert lines == [("1", "1"), ("1", "2"), ("2", "3"), ("2", "4")], (
+        err
+    )  # 2 epochs of 2 steps: counts the run

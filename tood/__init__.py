@@ -3,6 +3,7 @@
 Four rooms, each importing only the ones above it in this list (one exception: engine/tracking.py looks up
 the paper rows a run reproduces in report/paper.py for the run's MLflow tags):
     config.py  every hyperparameter: frozen dataclasses, loaded and checked from params.yaml
+    progress.py  progress with an ETA for long loops (a bar on a terminal, a line every 30 s in a log)
     model/     the detector: boxes, priors, coders, backbone, heads, assigners, losses, detector (+ mmdet import)
     data/      COCO-format data: dataset and loader, the shapes generator, user-folder checks, the COCO download
     engine/    running it: training (train, loop, checkpoint, runtime, runlog), pretraining, inference,

@@ -459,19 +459,38 @@ def resolve_run_config(params: dict[str, Any], variant: str, where: str = "param
     sections = {name: dict(params.get(name) or {}) for name in _SECTIONS}
     model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
     assign_keys = {f.name for f in dataclasses.fields(AssignConfig)}
+    routed = {}  # "assign.alpha" -> "variants.a05_b2.alpha": where each override lands, and where it was written
     for key, value in overrides.items():
-        if key in model_keys:
-            sections["model"][key] = value
-        elif key in assign_keys:
-            sections["assign"][key] = value
+        if key in model_keys or key in assign_keys:
+            section = "model" if key in model_keys else "assign"
+            sections[section][key] = value
+            routed[f"{section}.{key}"] = f"{key_prefix}.{key}"
         else:
-            raise ConfigError(
-                f"{where}: {key_prefix}.{key}: unknown override"
-                f"{_did_you_mean(key, model_keys | assign_keys | {'seeds'})}; "
-                f"allowed: {sorted(model_keys | assign_keys | {'seeds'})}"
-            )
+            raise _unknown_override(where, key_prefix, key, model_keys | assign_keys | {"seeds"})
     raw = {"variant": variant, "seeds": seeds, **sections}
-    return from_dict(RunConfig, raw, where)
+    try:
+        return from_dict(RunConfig, raw, where)
+    except ConfigError as e:
+        raise ConfigError(_rename_keys(str(e), routed)) from None
+
+
+def _unknown_override(where: str, key_prefix: str, key: Any, allowed: set[str]) -> ConfigError:
+    """A variant key no variant may hold. A section name (`train:` inside a variant) gets no "did you mean":
+    difflib pairs `train` with `pretrained`, which sends the user to the wrong key (issue 18)."""
+    if key in _TOP_LEVEL:
+        hint = f" (`{key}` is a shared top-level section; a variant cannot override it)"
+    else:
+        close = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.75)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"{where}: {key_prefix}.{key}: unknown override{hint}; allowed: {sorted(allowed)}")
+
+
+def _rename_keys(message: str, routed: dict[str, str]) -> str:
+    """Name an override's error where the user wrote it (`variants.a05_b2.alpha: -2.0 is out of range`), not
+    under the section it is merged into (`assign.alpha`), where the user would find only valid values."""
+    for merged, written in routed.items():
+        message = re.sub(rf"(?<![\w.]){re.escape(merged)}(?=[:\[ ])", written, message)
+    return message
 
 
 def _top_level_exponent(params: dict[str, Any], key: str, where: str) -> float:

@@ -38,6 +38,7 @@ from pycocotools import mask as mask_utils
 
 from tood.config import ShapesConfig
 from tood.model.boxes import pairwise_iou
+from tood.progress import progress
 
 SPLITS = ("train", "val")
 MIN_VISIBLE_PIXELS = 4
@@ -365,7 +366,7 @@ def _write_split(cfg: ShapesConfig, split: str, out_root: Path) -> dict:
     (out_root / split).mkdir(parents=True)
     count = cfg.num_train if split == "train" else cfg.num_val
     images, annotations, dropped = [], [], 0
-    for index in range(count):
+    for index in progress(range(count), desc=f"shapes: draw {split} images", unit="image"):
         image, objects, num_dropped = render_image(cfg, split, index)
         image_id = SPLITS.index(split) * 1_000_000 + index + 1  # unique over both splits, like COCO's
         file_name = f"{image_id:012d}.jpg"
@@ -693,7 +694,8 @@ def _figure(stats_by_split: dict[str, dict]) -> Figure:
     for ax, (title, xlabel) in zip((ax_n, ax_side, ax_cls), titles):
         ax.set_title(title)
         ax.set_xlabel(xlabel)
-        ax.legend()
+    # one legend for the three panels, above them: inside, "best" still touched a bar (issue 18)
+    fig.legend(*ax_n.get_legend_handles_labels(), loc="outside upper center", ncol=len(stats_by_split))
     return fig
 
 

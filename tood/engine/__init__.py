@@ -9,4 +9,7 @@ pretrain.py    the offline stand-in for ImageNet: a ResNet classifying generated
 inference.py   a trained detector over the val set -> COCO results, alignment stats, metrics
 evaluate.py    COCO box AP (pycocotools) and the Table 6 alignment analysis
 tracking.py    MLflow: one run per training run, in a store pinned to the repo root
+mlflow_app.py  the app pipeline.mlflow_ui serves: MLflow's own + a page opening the model-training view
+curve.py       the in-run budget curve: AP on a fixed val subset every few epochs
+executor.py    the runs of a train stage: a local process pool or a Slurm job array (submitit)
 """

@@ -25,9 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tood.config import ConfigError, LocalExecutorConfig, SlurmExecutorConfig
+from tood.progress import LOG_INTERVAL_S
 
 TAIL_LINES = 30  # of a failed run's log, in the stage's error
 RELAYED = ("timing: ", '{"variant"')  # lines of a run's log the stage prints (bench/grid_time.py reads them)
+PROGRESS_MARK = ", ETA "  # in tood.progress's lines: what `ProgressRelay` looks for in a running run's log
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ def run_local(
     RunsFailed once all have ended."""
     logs.mkdir(parents=True, exist_ok=True)
     pending, running, failed = list(runs), {}, []
+    progress = ProgressRelay()
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so that `finally` stops the runs
     try:
         while pending or running:
@@ -117,6 +120,7 @@ def run_local(
                     relay(log)
                 else:
                     failed.append((run.name, f"exit code {proc.returncode}", log))
+            progress.relay({run.name: log for run, log, _ in running.values()})
             time.sleep(poll_s)
     finally:  # Ctrl-C / SIGTERM to the stage: stop the runs it started (each resumes from last.pt later)
         signal.signal(signal.SIGTERM, previous)
@@ -137,6 +141,37 @@ def relay(log: Path) -> None:
     for line in log.read_text(errors="replace").splitlines():
         if line.startswith(RELAYED):
             print(line, flush=True)
+
+
+class ProgressRelay:
+    """Every LOG_INTERVAL_S, the newest progress line (tood.progress, with its ETA) of each running run's log,
+    prefixed with the run's name: the runs write to their logs, so without it a train stage is silent until
+    its first run ends (issue 18: every long stage shows progress)."""
+
+    def __init__(self, interval_s: float = LOG_INTERVAL_S, clock=time.monotonic):
+        self.interval_s, self.clock = interval_s, clock
+        self.last = clock()
+
+    def relay(self, logs: dict[str, Path]) -> None:
+        if self.clock() - self.last < self.interval_s:
+            return
+        self.last = self.clock()
+        for name, log in logs.items():
+            line = latest_progress(log)
+            if line is not None:
+                print(f"{name}: {line}", flush=True)
+
+
+def latest_progress(log: Path, window: int = 8192) -> str | None:
+    """The last progress line in the final `window` bytes of `log`, or None."""
+    try:
+        with log.open("rb") as fh:
+            fh.seek(max(fh.seek(0, 2) - window, 0))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return None
+    lines = [line for line in text.replace("\r", "\n").splitlines() if PROGRESS_MARK in line]
+    return lines[-1].strip() if lines else None
 
 
 def failure_message(failed: list[tuple[str, str, Path]], total: int, what: str = "runs") -> str:
@@ -242,7 +277,9 @@ def run_slurm(runs: Sequence[Run], cfg: SlurmExecutorConfig, folder: Path, name:
 def _wait_slurm(waiting: dict, failed: list, poll_s: float) -> None:
     from submitit.core.utils import FailedJobError, UncompletedJobError
 
+    progress = ProgressRelay()
     while waiting:
+        progress.relay({run.name: job.paths.stderr for job, run in waiting.items()})
         for job in list(waiting):
             state = slurm_state(job)
             if not (job.paths.result_pickle.exists() or state in FINAL_STATES):

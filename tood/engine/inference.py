@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from tood.config import AssignConfig, EvalConfig, RunConfig, from_dict
 from tood.data.dataset import Batch, build_dataset, build_loader
@@ -23,6 +22,7 @@ from tood.model.assigners import choose_assigner
 from tood.model.backbone import NO_WEIGHTS
 from tood.model.detector import Detections, Detector, centerness_factor
 from tood.model.heads import HeadOutput
+from tood.progress import progress as progress_bar  # the `progress` argument below is a bool
 
 
 def uses_centerness(assign: AssignConfig, epochs: int) -> bool:
@@ -57,7 +57,7 @@ def run_inference(
     device = next(detector.parameters()).device
     results: list[dict] = []
     stats: list[dict] = []
-    for batch in tqdm(loader, desc="eval", disable=not progress, dynamic_ncols=True):
+    for batch in progress_bar(loader, desc="eval", unit="batch", disable=not progress):
         images = batch.images.to(device)
         out = detector(images)
         detections = detector.postprocess(

@@ -17,12 +17,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from tood.config import OptimConfig, RunConfig
 from tood.data.dataset import CocoDetection, build_loader
 from tood.engine.runtime import AMP_DTYPES
 from tood.model.detector import Detector
+from tood.progress import progress
 
 
 class TrainingDiverged(RuntimeError):
@@ -190,9 +190,11 @@ def train_one_epoch(
     state.model.train()
     log = EpochLog({}, {}, interval_start=time.perf_counter())
     global_batch = cfg.train.batch_size
-    bar = tqdm(
-        loader, desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}", disable=rank != 0, dynamic_ncols=True
-    )
+    # the ETA is for the whole run: every epoch's bar counts from the steps done before it
+    bar = progress(
+        loader, desc=f"train epoch {state.epoch + 1}/{cfg.train.epochs}", unit="step", disable=rank != 0,
+        total=cfg.train.epochs * len(loader), initial=state.epoch * len(loader),
+    )  # fmt: skip
     for i, batch in enumerate(bar):
         lr = schedule_lr(cfg.optim, global_batch, state.iteration, state.epoch)
         for group in state.optimizer.param_groups:

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from tood.config import PretrainConfig
 from tood.data.shapes import KINDS, render_crop
+from tood.progress import progress
 
 # torchvision ResNet builders by depth (the detector's backbone uses the same ones: tood.model.backbone)
 _DEPTHS = (18, 34, 50, 101)
@@ -47,7 +48,7 @@ def make_crops(cfg: PretrainConfig, split: str, jpeg_quality: int) -> CropSet:
     start, count = (0, cfg.num_train) if split == "train" else (cfg.num_train, cfg.num_val)
     images = torch.empty(count, 3, cfg.crop_size, cfg.crop_size, dtype=torch.uint8)
     labels = torch.empty(count, dtype=torch.long)
-    for i in range(count):
+    for i in progress(range(count), desc=f"pretrain: render {split} crops", unit="crop"):
         pixels, labels[i] = render_crop(cfg.seed, start + i, cfg.crop_size, cfg.num_classes)
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, "JPEG", quality=jpeg_quality, subsampling=0)
@@ -118,6 +119,7 @@ def train_classifier(
     total, step, start = cfg.epochs * steps_per_epoch, 0, time.perf_counter()
     generator = torch.Generator().manual_seed(cfg.seed)
     history: list[float] = []
+    bar = progress(total=total, desc="pretrain", unit="step")
     for epoch in range(cfg.epochs):
         model.train()
         order = torch.randperm(len(train.labels), generator=generator)  # (N,)
@@ -135,6 +137,9 @@ def train_classifier(
             optimizer.step()
             history.append(float(loss.detach()))  # sync point, once per step
             step += 1
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{np.mean(history[-20:]):.3f}")
             if log is not None and step % 20 == 0:
                 log(
                     step,
@@ -143,6 +148,7 @@ def train_classifier(
         top1 = accuracy(model, val, mean_t, std_t, batch_size=256, amp=amp, cl=channels_last)
         if log is not None:
             log(step, {"pretrain/top1_val": top1, "pretrain/epoch": epoch + 1})
+    bar.close()
     summary = {
         "top1_val": accuracy(model, val, mean_t, std_t, batch_size=256, amp=amp, cl=channels_last),
         "top1_train": accuracy(model, train, mean_t, std_t, batch_size=256, amp=amp, cl=channels_last),

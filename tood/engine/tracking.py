@@ -46,6 +46,12 @@ if TYPE_CHECKING:
     from tood.config import DataConfig, RunConfig
 
 EXPERIMENT = "tood-ablations"
+# the `pretrain` stage's run: not a detection run, so not in the detection runs' table (issue 18)
+PRETRAIN_EXPERIMENT = "tood-pretrain"
+UI_URL = "http://127.0.0.1:5000"  # where `python -m pipeline.mlflow_ui` serves by default
+# a page of pipeline.mlflow_ui's server (tood/engine/mlflow_app.py) that stores the UI settings MLflow keeps
+# only in the browser (model-training view, telemetry notice, Assistant panel), then opens the route after '#'
+OPEN_PATH = "/tood/open"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HEALTH_TIMEOUT_S = 5.0  # MLflow's own client retries an unreachable server for minutes
 _QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1", "GIT_PYTHON_REFRESH": "quiet"}
@@ -101,15 +107,21 @@ def tracking_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or REPO_ROOT).resolve()
 
 
-def configure_tracking() -> str:
-    """Point MLflow at the pipeline's store and make sure the experiment exists; returns the tracking URI.
+def store_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else the pipeline's own SQLite store at the repo root (see the module doc)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{tracking_root() / 'mlflow.db'}"
+
+
+def configure_tracking(experiment: str = EXPERIMENT) -> str:
+    """Point MLflow at the pipeline's store and make `experiment` (created if needed) the active one;
+    returns the tracking URI.
 
     Raises:
         TrackingError: an http(s) $MLFLOW_TRACKING_URI does not answer within HEALTH_TIMEOUT_S.
     """
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)  # before `import mlflow`: GitPython reads its variable at import
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{tracking_root() / 'mlflow.db'}"
+    uri = store_uri()
     if _is_http(uri):
         check_server(uri)
         for key, value in HTTP_RETRY_ENV.items():
@@ -117,7 +129,7 @@ def configure_tracking() -> str:
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    _ensure_experiment(_artifact_location(uri))
+    _ensure_experiment(_artifact_location(uri), experiment)
     return uri
 
 
@@ -164,23 +176,24 @@ def _artifact_location(uri: str) -> str | None:
     return (db_path.parent / "mlartifacts").as_uri()
 
 
-def _ensure_experiment(artifact_location: str | None) -> None:
-    """Create (or restore) EXPERIMENT with its UI tag and make it the active experiment."""
+def _ensure_experiment(artifact_location: str | None, name: str = EXPERIMENT) -> None:
+    """Create (or restore) experiment `name` with its UI tags and make it the active experiment."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(EXPERIMENT)
+    tags = _EXPERIMENT_TAGS if name == EXPERIMENT else {"mlflow.experimentKind": "custom_model_development"}
+    exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            client.create_experiment(EXPERIMENT, artifact_location=artifact_location, tags=_EXPERIMENT_TAGS)
+            client.create_experiment(name, artifact_location=artifact_location, tags=tags)
         except MlflowException:  # another process (a DVC queue worker) created it first
-            if client.get_experiment_by_name(EXPERIMENT) is None:
+            if client.get_experiment_by_name(name) is None:
                 raise
-        exp = client.get_experiment_by_name(EXPERIMENT)
+        exp = client.get_experiment_by_name(name)
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
-    for key, value in _EXPERIMENT_TAGS.items():
+    for key, value in tags.items():
         if exp.tags.get(key) != value:
             client.set_experiment_tag(exp.experiment_id, key, value)
     mlflow.set_experiment(experiment_id=exp.experiment_id)
@@ -194,10 +207,20 @@ def experiment_id() -> str:
     return mlflow.get_experiment_by_name(EXPERIMENT).experiment_id
 
 
-def runs_page_url(base_url: str, experiment_id: str) -> str:
-    """The UI page that lists the experiment's runs, in the model-training view, with RUNS_VIEW's columns."""
+def runs_page_url(base_url: str, experiment_id: str, via_open_page: bool = False) -> str:
+    """The UI page that lists the experiment's runs, in the model-training view, with RUNS_VIEW's columns.
+
+    `via_open_page` (a server started by pipeline.mlflow_ui): through OPEN_PATH, so that the run pages a
+    click opens from there stay in that view too; `workflowType` in the URL covers only the page it names.
+    """
     query = urllib.parse.urlencode({"workflowType": "machine_learning", "viewStateShareKey": RUNS_VIEW_KEY})
-    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
+    route = f"/experiments/{experiment_id}/runs?{query}"
+    return f"{base_url.rstrip('/')}{OPEN_PATH if via_open_page else '/'}#{route}"
+
+
+def run_page_url(run_id: str, base_url: str = UI_URL) -> str:
+    """A run's page (MLflow's direct `#/runs/<id>` route) in the model-training view, through OPEN_PATH."""
+    return f"{base_url.rstrip('/')}{OPEN_PATH}#/runs/{run_id}?workflowType=machine_learning"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -9,4 +9,5 @@ assigners.py     TAL and ATSS, batched over padded GTs (B, G, A)
 losses.py        quality focal, focal, GIoU, centerness: the TAL and ATSS pairings
 detector.py      backbone + FPN + head: forward, compute_loss, postprocess
 mmdet_import.py  released mmdetection / fcjian checkpoints -> ours
+torch_file.py    reading a checkpoint file, with one clear error when it is not one
 """

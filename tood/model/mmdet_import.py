@@ -29,18 +29,17 @@ source's config text (`anchor_type`) or given by the caller.
 from __future__ import annotations
 
 import dataclasses
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import torch
 from torch import Tensor
 
 from tood.config import HEADLINE, RunConfig, load_params, resolve_run_config
 from tood.model.backbone import NO_WEIGHTS
 from tood.model.detector import Detector
+from tood.model.torch_file import UnreadableCheckpoint, read_torch_file
 
 # The `model.pretrained` value that never downloads anything: an imported checkpoint carries every weight.
 NO_DOWNLOAD_PRETRAINED = NO_WEIGHTS
@@ -85,20 +84,19 @@ class SourceLayout:
 
 
 def load_source(path: str | Path, allow_pickle: bool = False) -> dict:
-    """torch.load a source checkpoint on the CPU, tensors only unless `allow_pickle` (trusted files only)."""
+    """torch.load a source checkpoint on the CPU, tensors only unless `allow_pickle` (trusted files only).
+    Messages leave out the path: the CLI names the file once."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointImportError(f"{path}: no such file")
+        raise CheckpointImportError("no such file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except pickle.UnpicklingError as e:
-        raise CheckpointImportError(
-            f"{path}: holds objects other than tensors and plain containers, which a weights-only load "
-            f"refuses ({str(e).splitlines()[0]}). If you trust the file, pass --allow-pickle."
-        ) from None
+        ckpt = read_torch_file(path, weights_only=not allow_pickle)
+    except UnreadableCheckpoint as e:
+        advice = " If you trust the file, pass --allow-pickle." if e.needs_pickle else ""
+        raise CheckpointImportError(f"{e}{advice}") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         keys = sorted(ckpt)[:10] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointImportError(f"{path}: expected the weights under 'state_dict'; found {keys}")
+        raise CheckpointImportError(f"expected the weights under 'state_dict'; found {keys}")
     return ckpt
 
 

@@ -5,4 +5,6 @@ results.py     the grid's runs, per-variant statistics and Δ ± SE per ablation
 tables.py      reports/tables.md and reports/summary.json
 figures.py     the PNG figures
 complexity.py  parameter counts and GFLOPs measured from the model (Table 1)
+plots_template.py  .dvc/plots_template.html: `dvc plots show` with its chart libraries inline (offline)
+budget.py      AP and Δ against the training budget, from the runs' curves
 """

@@ -14,12 +14,14 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from tood.config import HEADLINE
 from tood.report.paper import ABLATIONS, TABLE4, TABLE6
 from tood.report.results import Comparison, Runs, compare, ours_only, stat
 
@@ -95,40 +97,81 @@ def switch_step(curve: dict[str, np.ndarray], warmup_epochs: int) -> float | Non
 
 
 def palette(n: int) -> list[tuple[float, float, float, float]]:
-    """n colours, all distinct up to 20: tab20's ten strong shades first, then its ten light ones."""
+    """n distinct colours: tab10 up to 10 (the most separable set), else tab20's ten strong shades first,
+    then its ten light ones (distinct up to 20, but a light shade is easily taken for its strong pair)."""
+    if n <= 10:
+        cmap = matplotlib.colormaps["tab10"]
+        return [cmap(i) for i in range(n)]
     cmap = matplotlib.colormaps["tab20"]
     order = [*range(0, 20, 2), *range(1, 20, 2)]
     return [cmap(order[i % 20]) for i in range(n)]
 
 
-def plot_losses(runs: Runs, runs_dir: Path, path: Path, curves_dir: Path | None = None) -> list[str]:
-    """Training loss curves (mean over seeds), cls and box; returns the variants with no loss curve."""
-    fig = Figure(figsize=(12, 4.6))
-    axes = fig.subplots(1, 2)
-    missing, switches = [], {}
-    for (v, m), colour in zip(runs.metrics.items(), palette(len(runs.metrics))):
-        curve = mean_loss_curve(runs_dir, v, list(m["seeds"]), curves_dir)
-        if curve is None:
-            missing.append(v)
-            continue
-        for ax, key in zip(axes, LOSS_KEYS):
-            ax.plot(curve["step"], curve[key], lw=1, color=colour, label=v)
-        sw = runs.switches[v]
-        step = switch_step(curve, sw["warmup_epochs"]) if sw["assigner"] == "tal" else None
-        if step is not None:
-            switches.setdefault((step, sw["warmup_epochs"]), []).append(v)
+HEADLINE_COLOUR = "black"  # the headline `tood` is in both rows of losses.png, in the same colour
+
+
+def loss_groups(variants: list[str]) -> list[tuple[str, list[str]]]:
+    """losses.png's rows: the main variants, then Table 4's alpha/beta cells beside the headline (their
+    reference cell). Twelve curves on one axes were unreadable (issue 18); at most ~7 per row are not."""
+    cells = {r.variant for r in TABLE4} - {HEADLINE}
+    main = [v for v in variants if v not in cells]
+    table4 = [v for v in variants if v in cells]
+    groups = [("main variants", main)]
+    if table4:
+        groups.append(("Table 4 α/β cells (headline for reference)", [HEADLINE, *table4]))
+    return [(title, vs) for title, vs in groups if vs]
+
+
+def _colours(variants: list[str]) -> dict[str, Any]:
+    others = [v for v in variants if v != HEADLINE]
+    return {HEADLINE: HEADLINE_COLOUR, **dict(zip(others, palette(len(others))))}
+
+
+def loss_figure(runs: Runs, runs_dir: Path, curves_dir: Path | None = None) -> tuple[Figure, list[str]]:
+    """Training loss curves (mean over seeds), cls and box, one row per loss_groups() group; returns the
+    figure and the variants with no loss curve."""
+    curves = {v: mean_loss_curve(runs_dir, v, list(m["seeds"]), curves_dir) for v, m in runs.metrics.items()}
+    missing = [v for v, c in curves.items() if c is None]
+    groups = loss_groups([v for v, c in curves.items() if c is not None]) or [("", [])]
+    fig = Figure(figsize=(12, 4.2 * len(groups)))
+    axes = np.atleast_2d(fig.subplots(len(groups), 2))  # (rows, 2)
+    for row, (title, variants) in zip(axes, groups):
+        switches = {}
+        for v, colour in _colours(variants).items():
+            if v not in variants:
+                continue
+            for ax, key in zip(row, LOSS_KEYS):
+                ax.plot(curves[v]["step"], curves[v][key], lw=1, color=colour, label=v)
+            sw = runs.switches[v]
+            step = switch_step(curves[v], sw["warmup_epochs"]) if sw["assigner"] == "tal" else None
+            if step is not None:
+                switches.setdefault((step, sw["warmup_epochs"]), []).append(v)
+        _mark_switches(row, switches)
+        for ax, key in zip(row, LOSS_KEYS):
+            ax.set_title(f"{title}: {key} (mean over seeds)" if title else key, fontsize=9)
+            ax.set_xlabel("step")
+        if variants:  # outside the axes: the curves fill the whole plot area
+            row[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return fig, missing
+
+
+def _mark_switches(row, switches: dict[tuple[float, int], list[str]]) -> None:
+    """A dotted line at each ATSS -> TAL switch, labelled on the side of it with more room."""
     for (step, epochs), _ in sorted(switches.items()):
-        for ax in axes:
+        for ax in row:
+            lo, hi = ax.get_xlim()
+            side = 1 if step - lo < (hi - lo) / 2 else -1
             ax.axvline(step, color="0.3", ls=":", lw=1.2)
             ax.annotate(
-                f"ATSS → TAL\n(after epoch {epochs})", (step, 1), xycoords=("data", "axes fraction"),
-                xytext=(3, -3), textcoords="offset points", va="top", fontsize=7, color="0.3",
+                f"ATSS → TAL\n(after epoch {epochs};\nfocal before, task-aligned after)", (step, 1),
+                xycoords=("data", "axes fraction"), xytext=(3 * side, -3), textcoords="offset points",
+                va="top", ha="left" if side > 0 else "right", fontsize=7, color="0.3",
             )  # fmt: skip
-    for ax, key in zip(axes, LOSS_KEYS):
-        ax.set_title(f"{key} (mean over seeds; focal before the switch, task-aligned after)", fontsize=9)
-        ax.set_xlabel("step")
-    if len(missing) < len(runs.metrics):
-        axes[1].legend(fontsize=7, loc="upper right", ncol=2)
+
+
+def plot_losses(runs: Runs, runs_dir: Path, path: Path, curves_dir: Path | None = None) -> list[str]:
+    """losses.png (see loss_figure); returns the variants with no loss curve."""
+    fig, missing = loss_figure(runs, runs_dir, curves_dir)
     _save(fig, path)
     return missing
 
@@ -211,11 +254,15 @@ def plot_ablations(runs: Runs, path: Path) -> Figure:
     )
     for i, c in enumerate(rows):
         note = "not run" if math.isnan(c.delta) else None if measured[i] else f"n={c.n_a}/{c.n_b}"
-        if note:
+        if note:  # beyond the bar's end, on whichever side that is
+            side = 1 if ours[i] >= 0 else -1
             ax_ours.annotate(
-                note, (ours[i], i), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7
-            )
-    ax_ours.legend(fontsize=7, loc="lower right")
+                note, (ours[i], i), xytext=(4 * side, 0), textcoords="offset points", va="center",
+                ha="left" if side > 0 else "right", fontsize=7,
+            )  # fmt: skip
+    ax_ours.margins(x=0.2)  # room for those notes inside the axes (they were clipped at its edge)
+    # above the axes: every corner inside may hold a bar (it covered the last one, issue 18)
+    ax_ours.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=2, frameon=False)
     ax_ours.set_xlabel(f"our Δ AP ± SE ({', '.join(datasets)}; our setting, own scale)")
     ax_paper.set_yticks(y, [f"{c.ablation.treated.table}: {c.ablation.name}" for c in rows], fontsize=8)
     for ax in (ax_paper, ax_ours):
@@ -225,23 +272,29 @@ def plot_ablations(runs: Runs, path: Path) -> Figure:
     return fig
 
 
-def plot_alignment(runs: Runs, path: Path) -> None:
+def plot_alignment(runs: Runs, path: Path) -> Figure:
     """Table 6: PCC (top-50) and IoU (top-10), paper vs ours (± std over seeds)."""
-    fig = Figure(figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 4.2))
     x = np.arange(len(TABLE6))
     datasets = ", ".join(sorted({m["setting"]["dataset"] for m in runs.metrics.values()}))
-    for ax, key, title in zip(
-        fig.subplots(1, 2), ("pcc_top50", "iou_top10"), ("PCC (top-50)", "IoU (top-10)")
-    ):
+    axes = fig.subplots(1, 2)
+    metrics = (
+        ("pcc_top50", "PCC of cls and loc rankings (top-50)"),
+        ("iou_top10", "mean IoU of the top-10 boxes"),
+    )
+    for ax, (key, label) in zip(axes, metrics):
         stats = [stat(m, key) if (m := runs.ours(r)[0]) is not None else None for r in TABLE6]
         ax.bar(x - 0.2, [r.metrics[key] for r in TABLE6], width=0.4, label="paper (COCO)")
         means = [s.mean if s is not None else math.nan for s in stats]
         err = [s.std if s is not None and s.n > 1 else 0.0 for s in stats]
         ax.bar(x + 0.2, means, width=0.4, yerr=err, label=f"ours ({datasets}; ± std over seeds)")
         ax.set_xticks(x, [r.label for r in TABLE6], fontsize=7, rotation=15)
-        ax.set_title(title)
-        ax.legend(fontsize=8)
+        ax.set_ylabel(label)
+    # one legend above the panels: with paired bars in every slot no corner inside is free (issue 18)
+    axes[0].legend(fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.02), ncol=2, frameon=False)
+    fig.suptitle("Table 6: alignment of the top predictions", fontsize=10)
     _save(fig, path)
+    return fig
 
 
 def write_figures(runs: Runs, runs_dir: Path, figures_dir: Path, curves_dir: Path | None = None) -> list[str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tood.config import HEADLINE
+from tood.engine import tracking
 from tood.report import budget, figures, paper
 from tood.report.paper import ABLATIONS, TABLE4, TABLE4_CHOSEN, TABLE6, TABLES, Ablation, PaperRow
 from tood.report.results import (
@@ -56,8 +57,11 @@ MLFLOW_HOWTO = """\
 uv run python -m pipeline.mlflow_ui      # mlflow server on 127.0.0.1:5000 over mlflow.db; prints the link
 ```
 Open the link it prints (the runs table of experiment `tood-ablations`, columns AP, head, assigner, anchor,
-alpha, beta), not the bare address, which MLflow greets with an empty GenAI page. Filter runs with e.g.
-`params.head = 'tood'` or `tags.variant = 'parallel_atss'`; the run ids above open a run directly."""
+alpha, beta): it first sets the browser to MLflow's model-training view, which the bare address does not.
+Filter runs with e.g. `params.head = 'tood'` or `tags.variant = 'parallel_atss'`; the run links above open
+a run in the same view while `pipeline.mlflow_ui` serves on its default port.
+Those ids are in the MLflow store of the machine that trained these runs: a fresh clone has no such runs
+until its own `dvc repro` logs them, and then this table lists the new ids."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -185,9 +189,14 @@ def render_runs(runs: Runs) -> str:
         for i, (seed, per_seed) in enumerate(m["seeds"].items()):
             cells = first if i == 0 else ["", "", "", ""]
             ap = stat({"seeds": {seed: per_seed}}, "AP").fmt()
-            body.append([*cells, str(seed), ap, f"`{per_seed.get('mlflow_run_id', DASH)}`"])
-    head = ["Variant", "Paper rows", "head / assigner / anchor", "TAL α, β", "Seed", "AP", "MLflow run id"]
+            body.append([*cells, str(seed), ap, _run_link(per_seed.get("mlflow_run_id"))])
+    head = ["Variant", "Paper rows", "head / assigner / anchor", "TAL α, β", "Seed", "AP", "MLflow run"]
     return md_table(head, body)
+
+
+def _run_link(run_id: str | None) -> str:
+    """The run's id, linked to its page in the model-training view of `pipeline.mlflow_ui` (issue 18)."""
+    return f"[`{run_id}`]({tracking.run_page_url(run_id)})" if run_id else DASH
 
 
 def headline_note(runs: Runs) -> str:
