@@ -72,6 +72,10 @@ def test_delta_and_se_per_step_on_hand_made_curves(report):
     # the same verdict at the last 3 points, but the treated side still rising by 2 AP: not stable
     steady = [budget.BudgetPoint(t, 3.0, 0.5, "reproduces", 30.0, 33.0 + (t == 8) * 2.0) for t in STEPS]
     assert budget.stability(steady[:3]) == budget.STABLE
+    # one seed a side: no SE, so no verdict at any point can be called stable (a quick-profile table said
+    # "stable: not measured at steps 8, 16, 24")
+    single = [budget.BudgetPoint(t, 0.3, math.nan, "not measured", 30.0, 30.3) for t in STEPS]
+    assert budget.stability_text(single) == "not measured (fewer than 2 seeds a side)"
     assert budget.stability_text(steady) == (
         "budget-dependent: reproduces at steps 4, 6, 8; the treated still gains +2.0 AP over the last 2 steps"
     )

@@ -627,3 +627,27 @@ def test_loss_curves_are_told_apart(full_grid, monkeypatch, tmp_path):
         seen |= {line.get_label() for line in lines}
     assert seen == set(runs.metrics)  # every variant is drawn
     assert layout_problems(fig) == []
+
+
+def test_budget_curves_are_told_apart(full_grid, monkeypatch, tmp_path):
+    """budget_curves.png had the same 12 curves in one axes as losses.png: the same two groups now."""
+    import copy
+
+    from tood.report import budget
+
+    runs, _ = full_grid
+    runs = copy.deepcopy(runs)
+    for m in runs.metrics.values():
+        for k, per_seed in m["seeds"].items():
+            ap = [m["AP"] * f + 0.01 * int(k) for f in (0.5, 0.8, 1.0)]
+            per_seed["curve"] = {"step": [4, 8, 12], "AP": ap, "AP50": ap, "AP75": ap}
+    saved = []
+    monkeypatch.setattr(budget, "_save", lambda fig, path: saved.append(fig))
+    assert budget.plot_budget_curves(runs, tmp_path / "f.png") == []
+    drawn = set()
+    for ax in saved[0].axes:
+        lines = [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+        assert len(lines) <= 7, [line.get_label() for line in lines]
+        drawn |= {line.get_label() for line in lines}
+    assert drawn == set(runs.metrics)
+    assert layout_problems(saved[0]) == []

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from tood.report.figures import _save, palette
+from tood.report.figures import _save, loss_groups, variant_colours
 from tood.report.paper import ABLATIONS, TABLE4_CHOSEN, Ablation
 from tood.report.results import DASH, Comparison, Runs, Stat, compare, fmt_value, standard_error, verdict
 
@@ -112,6 +112,8 @@ def stability(points: list[BudgetPoint] | None, k: int = BUDGET_POINTS) -> str:
         return "no curve"
     if len(points) < k:
         return f"{len(points)} curve point(s), {k} needed"
+    if any(p.verdict == "not measured" for p in points[-k:]):  # no SE (n < 2 a side): nothing can be stable
+        return "not measured (fewer than 2 seeds a side)"
     steady = len({p.verdict for p in points[-k:]}) == 1 and not rising(points)
     return STABLE if steady else DEPENDENT
 
@@ -345,28 +347,32 @@ def _num(x: float) -> float | None:
 
 
 def plot_budget_curves(runs: Runs, path: Path) -> list[str]:
-    """AP vs step per variant: the seed mean and a band from the lowest to the highest seed."""
-    fig = Figure(figsize=(12, 5))
-    ax = fig.subplots()
-    missing = []
-    for (v, m), colour in zip(runs.metrics.items(), palette(len(runs.metrics))):
-        curve = variant_curve(m)
-        if curve is None:
-            missing.append(v)
-            continue
-        values = np.array(list(curve.per_seed.values()))  # (S, T)
-        ax.plot(curve.steps, np.nanmean(values, axis=0), marker="o", ms=3, lw=1.2, color=colour, label=v)
-        if len(values) > 1:
-            ax.fill_between(curve.steps, np.nanmin(values, 0), np.nanmax(values, 0), color=colour, alpha=0.15)
-    ax.set_xlabel("step")
-    ax.set_ylabel("AP (0-100, curve images)")
-    ax.set_title("AP over the budget: mean over seeds, band = lowest to highest seed", fontsize=10)
+    """AP vs step per variant: the seed mean and a band from the lowest to the highest seed; one panel per
+    losses.png group (main variants; Table 4's cells beside the headline), so no panel has 12 curves."""
+    curves = {v: variant_curve(m) for v, m in runs.metrics.items()}
+    missing = [v for v, c in curves.items() if c is None]
+    groups = loss_groups([v for v, c in curves.items() if c is not None]) or [("", [])]
+    fig = Figure(figsize=(12, 4.2 * len(groups)))
+    axes = np.atleast_1d(fig.subplots(len(groups), 1))
+    for ax, (title, variants) in zip(axes, groups):
+        for v, colour in variant_colours(variants).items():
+            if v not in variants:
+                continue
+            values = np.array(list(curves[v].per_seed.values()))  # (S, T)
+            ax.plot(curves[v].steps, np.nanmean(values, axis=0), marker="o", ms=3, lw=1.2, color=colour, label=v)
+            if len(values) > 1:
+                lo, hi = np.nanmin(values, 0), np.nanmax(values, 0)
+                ax.fill_between(curves[v].steps, lo, hi, color=colour, alpha=0.15)
+        ax.set_xlabel("step")
+        ax.set_ylabel("AP (0-100, curve images)")
+        what = "AP over the budget: mean over seeds, band = lowest to highest seed"
+        ax.set_title(f"{title}: {what}" if title else what, fontsize=10)
+        if variants:  # outside the axes, as in losses.png
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     if missing:
-        ax.annotate(
+        axes[0].annotate(
             f"no curve: {', '.join(missing)}", (0.01, 0.99), xycoords="axes fraction", va="top", fontsize=7
         )
-    if len(missing) < len(runs.metrics):
-        ax.legend(fontsize=7, ncol=2, loc="lower right")
     _save(fig, path)
     return missing
 

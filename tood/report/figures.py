@@ -122,7 +122,8 @@ def loss_groups(variants: list[str]) -> list[tuple[str, list[str]]]:
     return [(title, vs) for title, vs in groups if vs]
 
 
-def _colours(variants: list[str]) -> dict[str, Any]:
+def variant_colours(variants: list[str]) -> dict[str, Any]:
+    """The headline in black, the others in distinct palette colours (one figure row's variants)."""
     others = [v for v in variants if v != HEADLINE]
     return {HEADLINE: HEADLINE_COLOUR, **dict(zip(others, palette(len(others))))}
 
@@ -137,7 +138,7 @@ def loss_figure(runs: Runs, runs_dir: Path, curves_dir: Path | None = None) -> t
     axes = np.atleast_2d(fig.subplots(len(groups), 2))  # (rows, 2)
     for row, (title, variants) in zip(axes, groups):
         switches = {}
-        for v, colour in _colours(variants).items():
+        for v, colour in variant_colours(variants).items():
             if v not in variants:
                 continue
             for ax, key in zip(row, LOSS_KEYS):
