@@ -359,7 +359,9 @@ def plot_budget_curves(runs: Runs, path: Path) -> list[str]:
             if v not in variants:
                 continue
             values = np.array(list(curves[v].per_seed.values()))  # (S, T)
-            ax.plot(curves[v].steps, np.nanmean(values, axis=0), marker="o", ms=3, lw=1.2, color=colour, label=v)
+            ax.plot(
+                curves[v].steps, np.nanmean(values, axis=0), marker="o", ms=3, lw=1.2, color=colour, label=v
+            )
             if len(values) > 1:
                 lo, hi = np.nanmin(values, 0), np.nanmax(values, 0)
                 ax.fill_between(curves[v].steps, lo, hi, color=colour, alpha=0.15)
