@@ -40,7 +40,16 @@ def test_quickstart_says_how_long_the_grid_takes_and_no_other_figure_contradicts
     sentences = re.split(r"(?<=[.;])\s+", " ".join(readme.split()))
     for sentence in sentences:
         figures = re.findall(r"(\d+(?:\.\d+)?)\s*(?:min\b|minutes)", sentence)
-        if "grid" in sentence and "quick" not in sentence and figures and "Quickstart" not in sentence:
+        estimate = (
+            "estimat" in sentence
+        )  # the 24-epoch grid's labelled estimate until it is measured (issue 16)
+        if (
+            "grid" in sentence
+            and "quick" not in sentence
+            and figures
+            and "Quickstart" not in sentence
+            and not estimate
+        ):
             assert f"{measured:.1f}" in figures, sentence  # a whole-grid time other than the measured one
 
 
