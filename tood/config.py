@@ -224,6 +224,14 @@ class AssignConfig:
             raise ConfigError(
                 f"assign.max_iou_neg: {self.max_iou_neg} is above assign.max_iou_pos ({self.max_iou_pos})"
             )
+        if len(self.fovea_scale_ranges) != 5:
+            raise ConfigError(
+                f"assign.fovea_scale_ranges: {_plain(self.fovea_scale_ranges)}; one [low, high] per P3-P7"
+            )
+        if len(self.fcos_range_bounds) != 4:
+            raise ConfigError(
+                f"assign.fcos_range_bounds: {_plain(self.fcos_range_bounds)}; one per boundary of P3-P7 (4)"
+            )
         if any(lo > hi for lo, hi in self.fovea_scale_ranges):
             raise ConfigError(
                 f"assign.fovea_scale_ranges: {_plain(self.fovea_scale_ranges)}; each is [low, high]"
