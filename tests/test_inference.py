@@ -150,6 +150,7 @@ def test_evaluate_cli_writes_metrics_schema_and_logs_into_the_training_run(train
     assert metrics["setting"] == {
         "dataset": "shapes", "depth": 18, "img_scale": [64, 64], "epochs": 1, "head": "parallel",
         "assigner": "atss", "anchor": "based", "alpha": 1.0, "beta": 6.0,
+        "topk": 13, "tap": False, "cls_target": "hard",  # issue 20's switches
     }  # fmt: skip
     client = _client()  # the fixture's private store
     run = client.get_run(run_id)
