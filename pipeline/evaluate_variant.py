@@ -128,6 +128,8 @@ def setting(cfg: RunConfig) -> dict:
         "dataset": cfg.data.dataset, "depth": cfg.model.depth, "img_scale": list(cfg.data.img_scale),
         "epochs": cfg.train.epochs, "head": cfg.model.head, "assigner": cfg.assign.assigner,
         "anchor": cfg.model.anchor, "alpha": cfg.assign.alpha, "beta": cfg.assign.beta,
+        # issue 20's switches (tables.md checks them against params.yaml like the ones above)
+        "topk": cfg.assign.topk, "tap": cfg.model.tap, "cls_target": cfg.loss.cls_target,
     }  # fmt: skip
 
 

@@ -152,7 +152,7 @@ def predict(
             mean=d.mean, std=d.std, train=False,
         )  # fmt: skip
         loader = build_loader(dataset, cfg.eval.batch_size, shuffle=False, seed=0, drop_last=False)
-        use_ctr = uses_centerness(cfg.assign, cfg.train.epochs)
+        use_ctr = uses_centerness(cfg.assign, cfg.loss, cfg.train.epochs)
         eval_cfg = dataclasses.replace(cfg.eval, score_thr=score_thr)
         results, _ = run_inference(detector, loader, eval_cfg, use_ctr, list(cat_ids), progress=False)
     by_cat = dict(zip(cat_ids, names))

@@ -8,6 +8,8 @@
    fcjian/TOOD's T-Head names three pieces differently (la_conv1/2, cls_prob_conv1/2, reg_offset_conv1/2).
 2. A functional forward of the mmdet heads (F.conv2d, F.group_norm, torchvision's deform_conv2d), following
    mmdet's TOODHead.forward / ATSSHead.forward_single step by step, reading the mmdet-named tensors only.
+3. mmdet's MaxIoUAssigner, FoveaHead and FCOSHead target rules and GFL's quality_focal_loss, per image and
+   literal (issue 20; tests/test_fixed_assigners.py, tests/test_losses.py).
 """
 
 from __future__ import annotations
@@ -277,3 +279,141 @@ def fpn_forward(c3_c5: list[Tensor], sd: dict) -> list[Tensor]:
         p6, sd["neck.fpn_convs.4.conv.weight"], sd["neck.fpn_convs.4.conv.bias"], stride=2, padding=1
     )
     return [*outs, p6, p7]
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. assignment rules and QFL of mmdetection 3.3, per image and literal (issue 20: Table 2's schemes).
+# Each follows the named mmdet function step by step, loops over GTs included, so it shares nothing with the
+# batched tood.model.fixed_assigners / tood.model.losses code it is compared with.
+
+
+def bbox_overlaps(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -> Tensor:
+    """mmdet BboxOverlaps2D / bbox_overlaps(mode='iou'): (N, 4), (M, 4) -> (N, M), union clamped at eps."""
+    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
+    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
+    lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
+    rb = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    overlap = wh[..., 0] * wh[..., 1]
+    union = (area1[:, None] + area2[None, :] - overlap).clamp(min=eps)
+    return overlap / union
+
+
+def max_iou_gt_inds(
+    priors: Tensor, gt_bboxes: Tensor, pos_iou_thr: float, neg_iou_thr: float, min_pos_iou: float
+) -> Tensor:
+    """mmdet MaxIoUAssigner.assign + assign_wrt_overlaps (gt_max_assign_all=True, match_low_quality=True,
+    no ignore boxes): gt_inds (A,) long, -1 ignored, 0 negative, i + 1 positive for GT i."""
+    num_gts, num_bboxes = gt_bboxes.shape[0], priors.shape[0]
+    assigned_gt_inds = torch.full((num_bboxes,), -1, dtype=torch.long)
+    if num_gts == 0 or num_bboxes == 0:
+        if num_gts == 0:
+            assigned_gt_inds[:] = 0
+        return assigned_gt_inds
+    overlaps = bbox_overlaps(gt_bboxes, priors)  # (G, A)
+    max_overlaps, argmax_overlaps = overlaps.max(dim=0)
+    gt_max_overlaps, _ = overlaps.max(dim=1)
+    assigned_gt_inds[(max_overlaps >= 0) & (max_overlaps < neg_iou_thr)] = 0
+    pos_inds = max_overlaps >= pos_iou_thr
+    assigned_gt_inds[pos_inds] = argmax_overlaps[pos_inds] + 1
+    for i in range(num_gts):
+        if gt_max_overlaps[i] >= min_pos_iou:
+            max_iou_inds = overlaps[i, :] == gt_max_overlaps[i]
+            assigned_gt_inds[max_iou_inds] = i + 1
+    return assigned_gt_inds
+
+
+def fovea_labels(
+    gt_bboxes_raw: Tensor,
+    gt_labels_raw: Tensor,
+    featmap_sizes,
+    strides,
+    scale_ranges,
+    sigma: float,
+    num_classes: int,
+) -> Tensor:
+    """mmdet FoveaHead._get_targets_single's labels, flattened level-major (A,): num_classes = background.
+
+    Its points are cell centres: cell (i, j) of a level is ((j + 0.5) * s, (i + 0.5) * s) [FoveaHead
+    get_points / MlvlPointGenerator offset 0.5]; the fovea is found as a range of cells with ceil/floor.
+    """
+    gt_areas = torch.sqrt(
+        (gt_bboxes_raw[:, 2] - gt_bboxes_raw[:, 0]) * (gt_bboxes_raw[:, 3] - gt_bboxes_raw[:, 1])
+    )
+    label_list = []
+    for (lower_bound, upper_bound), stride, featmap_size in zip(scale_ranges, strides, featmap_sizes):
+        labels = gt_labels_raw.new_zeros(featmap_size) + num_classes
+        hit_indices = ((gt_areas >= lower_bound) & (gt_areas <= upper_bound)).nonzero().flatten()
+        if len(hit_indices) == 0:
+            label_list.append(labels.flatten())
+            continue
+        _, hit_index_order = torch.sort(-gt_areas[hit_indices])
+        hit_indices = hit_indices[hit_index_order]
+        gt_bboxes = gt_bboxes_raw[hit_indices, :] / stride
+        gt_labels = gt_labels_raw[hit_indices]
+        half_w = 0.5 * (gt_bboxes[:, 2] - gt_bboxes[:, 0])
+        half_h = 0.5 * (gt_bboxes[:, 3] - gt_bboxes[:, 1])
+        pos_left = (
+            torch.ceil(gt_bboxes[:, 0] + (1 - sigma) * half_w - 0.5).long().clamp(0, featmap_size[1] - 1)
+        )
+        pos_right = (
+            torch.floor(gt_bboxes[:, 0] + (1 + sigma) * half_w - 0.5).long().clamp(0, featmap_size[1] - 1)
+        )
+        pos_top = (
+            torch.ceil(gt_bboxes[:, 1] + (1 - sigma) * half_h - 0.5).long().clamp(0, featmap_size[0] - 1)
+        )
+        pos_down = (
+            torch.floor(gt_bboxes[:, 1] + (1 + sigma) * half_h - 0.5).long().clamp(0, featmap_size[0] - 1)
+        )
+        for px1, py1, px2, py2, label in zip(pos_left, pos_top, pos_right, pos_down, gt_labels):
+            labels[py1 : py2 + 1, px1 : px2 + 1] = label
+        label_list.append(labels.flatten())
+    return torch.cat(label_list)
+
+
+def fcos_labels(
+    points: Tensor, gt_bboxes: Tensor, gt_labels: Tensor, regress_ranges, num_points_per_lvl, num_classes: int
+) -> Tensor:
+    """mmdet FCOSHead._get_targets_single (center_sampling=False): labels (A,), num_classes = background."""
+    INF = 1e8
+    num_points, num_gts = points.size(0), gt_labels.size(0)
+    if num_gts == 0:
+        return gt_labels.new_full((num_points,), num_classes)
+    ranges = torch.cat(
+        [points.new_tensor(r)[None].expand(n, 2) for r, n in zip(regress_ranges, num_points_per_lvl)]
+    )
+    areas = (gt_bboxes[:, 2] - gt_bboxes[:, 0]) * (gt_bboxes[:, 3] - gt_bboxes[:, 1])
+    areas = areas[None].repeat(num_points, 1)
+    ranges = ranges[:, None, :].expand(num_points, num_gts, 2)
+    gt_bboxes = gt_bboxes[None].expand(num_points, num_gts, 4)
+    xs = points[:, 0][:, None].expand(num_points, num_gts)
+    ys = points[:, 1][:, None].expand(num_points, num_gts)
+    left, right = xs - gt_bboxes[..., 0], gt_bboxes[..., 2] - xs
+    top, bottom = ys - gt_bboxes[..., 1], gt_bboxes[..., 3] - ys
+    bbox_targets = torch.stack((left, top, right, bottom), -1)
+    inside_gt_bbox_mask = bbox_targets.min(-1)[0] > 0
+    max_regress_distance = bbox_targets.max(-1)[0]
+    inside_regress_range = (max_regress_distance >= ranges[..., 0]) & (max_regress_distance <= ranges[..., 1])
+    areas[inside_gt_bbox_mask == 0] = INF
+    areas[inside_regress_range == 0] = INF
+    min_area, min_area_inds = areas.min(dim=1)
+    labels = gt_labels[min_area_inds]
+    labels[min_area == INF] = num_classes
+    return labels
+
+
+def quality_focal_loss(pred: Tensor, label: Tensor, score: Tensor, beta: float = 2.0) -> Tensor:
+    """mmdet quality_focal_loss (GFL, use_sigmoid=True) on logits: pred (N, C), label (N,) (C: background),
+    score (N,) IoU targets -> (N,) loss summed over classes."""
+    pred_sigmoid = pred.sigmoid()
+    scale_factor = pred_sigmoid
+    zerolabel = scale_factor.new_zeros(pred.shape)
+    loss = F.binary_cross_entropy_with_logits(pred, zerolabel, reduction="none") * scale_factor.pow(beta)
+    bg_class_ind = pred.size(1)
+    pos = ((label >= 0) & (label < bg_class_ind)).nonzero().squeeze(1)
+    pos_label = label[pos].long()
+    scale_factor = score[pos] - pred_sigmoid[pos, pos_label]
+    loss[pos, pos_label] = F.binary_cross_entropy_with_logits(
+        pred[pos, pos_label], score[pos], reduction="none"
+    ) * scale_factor.abs().pow(beta)
+    return loss.sum(dim=1, keepdim=False)

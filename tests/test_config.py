@@ -159,3 +159,64 @@ def test_a_section_name_inside_a_variant_gets_no_misleading_suggestion():
     params["variants"]["a05_b4"] = {"alhpa": 0.5}
     with pytest.raises(ConfigError, match="did you mean 'alpha'"):  # a real near-miss keeps its hint
         _resolve(params, "a05_b4")
+
+
+# ---------------------------------------------------------------------------------------------------
+# issue 20: loss overrides, the `schedule` multiplier and the new switches' checks
+
+
+def test_variant_schedule_scales_epochs_and_lr_steps_and_nothing_else():
+    params = _params()
+    params["variants"]["long"] = {"head": "parallel", "assigner": "tal", "schedule": 1.5}
+    params["train"]["epochs"], params["optim"]["steps"] = 12, [8, 11]  # the recipe's 1x
+    cfg, base = _resolve(params, "long"), _resolve(params, "parallel_tal")
+    assert (cfg.train.epochs, cfg.optim.steps) == (18, (12, 16))  # mmdet's 1.5x (PAA: 18, [12, 16])
+    assert cfg.assign.warmup_epochs == base.assign.warmup_epochs == 4  # the reference's fixed 4 epochs
+    same = dataclasses.replace(cfg, variant=base.variant, train=base.train, optim=base.optim)
+    assert same == base
+    params["train"]["epochs"], params["optim"]["steps"] = 6, [4, 5]
+    assert (_resolve(params, "long").train.epochs, _resolve(params, "long").optim.steps) == (9, (6, 7))
+
+
+def test_variant_overrides_route_to_loss():
+    params = _params()
+    params["variants"]["gfl"] = {"head": "parallel", "assigner": "atss", "cls_target": "iou", "qfl_beta": 1.5}
+    cfg = _resolve(params, "gfl")
+    assert (cfg.loss.cls_target, cfg.loss.qfl_beta, cfg.loss.box_weight) == ("iou", 1.5, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("override", "needles"),
+    [
+        ({"schedule": 1.3}, ["variants.bad.schedule: 1.3 x train.epochs (24) = 31.2 is not a whole number"]),
+        ({"schedule": 0}, ["variants.bad.schedule: 0.0 is out of range; must be > 0"]),
+        ({"schedule": "long"}, ["variants.bad.schedule: 'long' should be a number"]),
+        ({"tap": True}, ["variants.bad.tap: true needs model.head: parallel (got 'tood'"]),
+        (
+            {"head": "parallel", "assigner": "tal", "cls_target": "iou"},
+            ["variants.bad.cls_target: 'iou'", "TAL"],
+        ),
+        ({"cls_target": "soft"}, ["variants.bad.cls_target: 'soft' is not allowed", "'iou'"]),
+        ({"assigner": "simota"}, ["variants.bad.assigner: 'simota'", "'max_iou'", "'fovea'", "'fcos'"]),
+        ({"max_iou_neg": 0.6}, ["variants.bad.max_iou_neg: 0.6 is above assign.max_iou_pos (0.5)"]),
+        ({"fovea_sigma": 0}, ["variants.bad.fovea_sigma: 0.0 is out of range; must be > 0.0"]),
+        ({"fovea_scale_ranges": [[1, 64], [64, 32]]}, ["variants.bad.fovea_scale_ranges", "[low, high]"]),
+        ({"fcos_range_bounds": [64, 32, 256, 512]}, ["variants.bad.fcos_range_bounds", "must increase"]),
+        ({"fcos_range_bounds": [64, 128]}, ["variants.bad.fcos_range_bounds", "one per boundary of P3-P7"]),
+        ({"cls_targt": "iou"}, ["variants.bad.cls_targt: unknown override (did you mean 'cls_target'?)"]),
+    ],
+)
+def test_issue20_settings_are_checked_and_named_where_written(override, needles):
+    params = _params()
+    params["variants"]["bad"] = override
+    with pytest.raises(ConfigError) as err:
+        _resolve(params, "bad")
+    for needle in needles:
+        assert needle in str(err.value), str(err.value)
+
+
+def test_headline_takes_no_schedule():
+    params = _params()
+    params["headline"]["schedule"] = 1.5
+    with pytest.raises(ConfigError, match="headline.schedule"):
+        _resolve(params)

@@ -18,7 +18,7 @@ from PIL import Image
 from test_train import make_tiny_coco  # the tiny COCO generator of the training tests
 
 from pipeline import evaluate_variant, predict, train_variant
-from tood.config import AssignConfig, load_run_config
+from tood.config import AssignConfig, LossConfig, load_run_config
 from tood.data.dataset import build_dataset, build_loader
 from tood.engine.evaluate import ALIGN_KEYS, COCO_KEYS, summarize_alignment
 from tood.engine.inference import evaluate_checkpoint, load_detector, run_inference, uses_centerness
@@ -66,9 +66,16 @@ def _client():
 
 
 def test_centerness_multiplies_test_scores_only_after_an_atss_final_epoch():
-    assert uses_centerness(AssignConfig(assigner="atss"), epochs=12)
-    assert not uses_centerness(AssignConfig(assigner="tal", warmup_epochs=4), epochs=12)
-    assert uses_centerness(AssignConfig(assigner="tal", warmup_epochs=4), epochs=4)  # never left warm-up
+    assert uses_centerness(AssignConfig(assigner="atss"), LossConfig(), epochs=12)
+    assert not uses_centerness(AssignConfig(assigner="tal", warmup_epochs=4), LossConfig(), epochs=12)
+    assert uses_centerness(
+        AssignConfig(assigner="tal", warmup_epochs=4), LossConfig(), epochs=4
+    )  # in warm-up
+    # issue 20: FCOS trains and uses its centerness; max-IoU, FoveaBox and GFL (IoU-target scores) do not
+    assert uses_centerness(AssignConfig(assigner="fcos"), LossConfig(), epochs=12)
+    for assigner in ("max_iou", "fovea"):
+        assert not uses_centerness(AssignConfig(assigner=assigner), LossConfig(), epochs=12)
+    assert not uses_centerness(AssignConfig(assigner="atss"), LossConfig(cls_target="iou"), epochs=12)
 
 
 def test_train_cli_writes_run_folder_and_mean_curve(trained):
@@ -143,6 +150,7 @@ def test_evaluate_cli_writes_metrics_schema_and_logs_into_the_training_run(train
     assert metrics["setting"] == {
         "dataset": "shapes", "depth": 18, "img_scale": [64, 64], "epochs": 1, "head": "parallel",
         "assigner": "atss", "anchor": "based", "alpha": 1.0, "beta": 6.0,
+        "topk": 13, "tap": False, "cls_target": "hard",  # issue 20's switches
     }  # fmt: skip
     client = _client()  # the fixture's private store
     run = client.get_run(run_id)

@@ -13,9 +13,11 @@ params.yaml layout (see the file itself for every value and its source):
     variants             {name: overrides}, one entry per paper ablation cell
     executor             where a train stage's runs execute (local processes or Slurm); not a training setting
 
-A variant's overrides are flat keys of `model` or `assign` (e.g. `head: parallel`, `assigner: atss`,
-`alpha: 0.5`), plus `seeds: [...]`, which replaces the top-level list for that variant only (issue 10:
-"the α/β cells may use fewer seeds if the table says so"; the headline always uses the top-level `seeds`).
+A variant's overrides are flat keys of `model`, `assign` or `loss` (e.g. `head: parallel`, `assigner: atss`,
+`alpha: 0.5`, `cls_target: iou`), plus `seeds: [...]`, which replaces the top-level list for that variant only
+(issue 10: "the α/β cells may use fewer seeds if the table says so"; the headline always uses the top-level
+`seeds`), and `schedule: 1.5`, which trains that variant for 1.5x `train.epochs` with its lr steps scaled
+the same way (issue 20: the paper's 18-epoch rows of Table 2).
 Loading is strict, as nanoGPT's configurator is: an unknown key, a wrong type or an out-of-range value
 raises ConfigError naming the key path, the value and what is allowed, before any work starts.
 """
@@ -155,8 +157,15 @@ class ModelConfig:
     la_reduction: int = 8  # layer attention hidden width F // la_reduction (32 at F=256) [R: la_down_rate=8N]
     gn_groups: int = 32  # GroupNorm groups in the head [R]
     anchor: Literal["free", "based"] = "free"  # points + ltrb distances, or 8*stride square + delta-xywh [R]
+    # TAP, the task-aligned predictor (prob map M, offsets O) on the parallel head, fed by the last layer
+    # of its two towers [P Table 2 "TAL + TAP" and its note]; the T-Head always has it (issue 20)
+    tap: bool = False
 
     def __post_init__(self):
+        if self.tap and self.head != "parallel":
+            raise ConfigError(
+                f"model.tap: true needs model.head: parallel (got {self.head!r}; the T-Head has M and O)"
+            )
         if not self.pretrained.strip():
             raise ConfigError("model.pretrained: '' is empty; use none, imagenet or a checkpoint path")
         _check_range(self, "frozen_stages", lo=-1, hi=4)
@@ -172,7 +181,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AssignConfig:
-    assigner: Literal["tal", "atss"] = "tal"  # assigner after the warm-up
+    # assigner after the warm-up: TAL, ATSS or one of Table 2's fixed schemes (issue 20; model/assigners.py):
+    # max_iou (RetinaNet), fovea (FoveaBox's centre region), fcos (FCOS: inside the box, by regression range)
+    assigner: Literal["tal", "atss", "max_iou", "fovea", "fcos"] = "tal"
     alpha: float = 1.0  # TAL exponent on the class score (Eq. 9); reference 1.0 [P Table 4]
     beta: float = 6.0  # TAL exponent on the IoU (Eq. 9); reference 6.0
     topk: int = 13  # TAL top-m candidates per GT over all levels [P §4.1]
@@ -180,6 +191,24 @@ class AssignConfig:
     warmup_epochs: int = (
         4  # ATSS assigner + focal loss for the first epochs: official `initial_epoch`, not in paper
     )
+    # max_iou: anchor-box IoU >= pos positive, < neg negative, between ignored; each GT's best anchors are
+    # positive when their IoU >= min_pos [mmdet retinanet_r50_fpn.py: MaxIoUAssigner(0.5, 0.4, min_pos_iou=0)]
+    max_iou_pos: float = 0.5
+    max_iou_neg: float = 0.4
+    max_iou_min_pos: float = 0.0
+    # fovea: positives in the GT box shrunk by sigma about its centre, on the levels whose range holds
+    # sqrt(w*h) [mmdet fovea_r50_fpn_4x4_1x_coco.py: sigma 0.4, scale_ranges below, px of the input image]
+    fovea_sigma: float = 0.4
+    fovea_scale_ranges: tuple[tuple[float, float], ...] = (
+        (1, 64),
+        (32, 128),
+        (64, 256),
+        (128, 512),
+        (256, 2048),
+    )
+    # fcos: level l keeps the points whose largest distance to the GT's sides is in
+    # [bounds[l-1], bounds[l]] (from -1 below P3, to infinity above P7) [mmdet FCOSHead regress_ranges]
+    fcos_range_bounds: tuple[float, ...] = (64.0, 128.0, 256.0, 512.0)
 
     def __post_init__(self):
         _check_range(self, "alpha", lo=0.0)
@@ -187,6 +216,28 @@ class AssignConfig:
         _check_range(self, "topk", lo=1)
         _check_range(self, "atss_topk", lo=1)
         _check_range(self, "warmup_epochs", lo=0)
+        _check_range(self, "max_iou_pos", lo=0.0, hi=1.0)
+        _check_range(self, "max_iou_neg", lo=0.0, hi=1.0)
+        _check_range(self, "max_iou_min_pos", lo=0.0, hi=1.0)
+        _check_range(self, "fovea_sigma", lo=0.0, hi=1.0, lo_open=True)
+        if self.max_iou_neg > self.max_iou_pos:
+            raise ConfigError(
+                f"assign.max_iou_neg: {self.max_iou_neg} is above assign.max_iou_pos ({self.max_iou_pos})"
+            )
+        if len(self.fovea_scale_ranges) != 5:
+            raise ConfigError(
+                f"assign.fovea_scale_ranges: {_plain(self.fovea_scale_ranges)}; one [low, high] per P3-P7"
+            )
+        if len(self.fcos_range_bounds) != 4:
+            raise ConfigError(
+                f"assign.fcos_range_bounds: {_plain(self.fcos_range_bounds)}; one per boundary of P3-P7 (4)"
+            )
+        if any(lo > hi for lo, hi in self.fovea_scale_ranges):
+            raise ConfigError(
+                f"assign.fovea_scale_ranges: {_plain(self.fovea_scale_ranges)}; each is [low, high]"
+            )
+        if list(self.fcos_range_bounds) != sorted(self.fcos_range_bounds):
+            raise ConfigError(f"assign.fcos_range_bounds: {_plain(self.fcos_range_bounds)}; must increase")
 
 
 @dataclass(frozen=True)
@@ -196,6 +247,10 @@ class LossConfig:
     focal_alpha: float = 0.25  # warm-up / ATSS focal loss [R]
     focal_gamma: float = 2.0
     qfl_beta: float = 2.0  # exponent on |t_hat - s| in the task-aligned cls loss (Eq. 11 gamma) [R]
+    # class target of a fixed scheme's positives (Table 2's "Weight" column, issue 20): "hard" = 1 with focal
+    # loss; "iou" = the IoU of the predicted box with its GT under QFL, box loss weighted by the score and no
+    # centerness (GFL [mmdet GFLHead], "ATSS + QFL"). TAL's target is always t_hat.
+    cls_target: Literal["hard", "iou"] = "hard"
 
     def __post_init__(self):
         for name in ("cls_weight", "box_weight", "focal_gamma", "qfl_beta"):
@@ -354,6 +409,11 @@ class RunConfig:
 
     def __post_init__(self):
         _check_seeds(self.seeds, "seeds")
+        if self.loss.cls_target == "iou" and self.assign.assigner == "tal":
+            raise ConfigError(
+                f"loss.cls_target: 'iou' is for the fixed assigners (atss, max_iou, fovea, fcos), not for "
+                f"{self.assign.assigner!r}: TAL trains the class score towards t_hat"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -456,22 +516,60 @@ def resolve_run_config(params: dict[str, Any], variant: str, where: str = "param
         raise ConfigError(f"{where}: unknown variant '{variant}'; known: {variant_names(params)}")
 
     seeds = _variant_seeds(params, overrides, where, key_prefix)
+    schedule = _variant_schedule(overrides, where, key_prefix)
     sections = {name: dict(params.get(name) or {}) for name in _SECTIONS}
-    model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
-    assign_keys = {f.name for f in dataclasses.fields(AssignConfig)}
     routed = {}  # "assign.alpha" -> "variants.a05_b2.alpha": where each override lands, and where it was written
     for key, value in overrides.items():
-        if key in model_keys or key in assign_keys:
-            section = "model" if key in model_keys else "assign"
-            sections[section][key] = value
-            routed[f"{section}.{key}"] = f"{key_prefix}.{key}"
-        else:
-            raise _unknown_override(where, key_prefix, key, model_keys | assign_keys | {"seeds"})
+        section = _OVERRIDE_SECTION.get(key)
+        if section is None:
+            raise _unknown_override(where, key_prefix, key, {*_OVERRIDE_SECTION, "seeds", "schedule"})
+        sections[section][key] = value
+        routed[f"{section}.{key}"] = f"{key_prefix}.{key}"
+    if schedule is not None:
+        _scale_schedule(sections, schedule, where, f"{key_prefix}.schedule")
     raw = {"variant": variant, "seeds": seeds, **sections}
     try:
         return from_dict(RunConfig, raw, where)
     except ConfigError as e:
         raise ConfigError(_rename_keys(str(e), routed)) from None
+
+
+# The sections a variant may override, by key: model/assign switches and (issue 20) the loss pairing. Their
+# key names do not overlap, so a flat key names its section.
+_OVERRIDE_SECTION = {
+    **{f.name: "model" for f in dataclasses.fields(ModelConfig)},
+    **{f.name: "assign" for f in dataclasses.fields(AssignConfig)},
+    **{f.name: "loss" for f in dataclasses.fields(LossConfig)},
+}
+
+
+def _variant_schedule(overrides: dict[str, Any], where: str, key_prefix: str) -> float | None:
+    """A variant's `schedule: 1.5` (popped from its overrides): train for that multiple of train.epochs."""
+    if "schedule" not in overrides:
+        return None
+    key = f"{key_prefix}.schedule"
+    if key_prefix == "headline":
+        raise ConfigError(f"{where}: {key}: the headline trains the shared `train.epochs`; use a variant")
+    value = _convert(float, overrides.pop("schedule"), where, key)
+    if value <= 0:
+        raise ConfigError(f"{where}: {key}: {value!r} is out of range; must be > 0")
+    return value
+
+
+def _scale_schedule(sections: dict[str, dict], schedule: float, where: str, key: str) -> None:
+    """train.epochs x schedule and every optim.steps epoch x schedule, rounded down, as mmdetection's longer
+    schedules scale the 1x one (PAA's 1.5x: 18 epochs, steps [12, 16] from 12 and [8, 11]; the paper's
+    Table 2 rows marked * train 18 epochs). The ATSS warm-up keeps its length: the reference's
+    `initial_epoch` is a number of epochs, not a share of them [R]."""
+    epochs = _convert(int, sections["train"].get("epochs", TrainConfig.epochs), where, "train.epochs")
+    steps = _convert(tuple[int, ...], sections["optim"].get("steps", OptimConfig.steps), where, "optim.steps")
+    scaled = epochs * schedule
+    if abs(scaled - round(scaled)) > 1e-9:
+        raise ConfigError(
+            f"{where}: {key}: {schedule:g} x train.epochs ({epochs}) = {scaled:g} is not a whole number"
+        )
+    sections["train"]["epochs"] = round(scaled)
+    sections["optim"]["steps"] = [int(s * schedule + 1e-9) for s in steps]
 
 
 def _unknown_override(where: str, key_prefix: str, key: Any, allowed: set[str]) -> ConfigError:
@@ -594,6 +692,11 @@ def _describe(tp: Any) -> str:
     if typing.get_origin(tp) is Literal:
         return " or ".join(repr(a) for a in typing.get_args(tp))
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _plain(value: Any) -> Any:
+    """Nested tuples as the lists params.yaml writes them, for error messages."""
+    return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
 
 
 def _check_range(obj: Any, name: str, lo=None, hi=None, lo_open: bool = False) -> None:

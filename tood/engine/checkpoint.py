@@ -124,9 +124,41 @@ def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+# Settings added after runs were first keyed (issue 20: Table 2's schemes and TAP), each with the value that
+# trains what every run did before it existed: at that value it is left out of the fingerprint, so an
+# existing run keeps its key and its resumable checkpoint (tests/test_run_keys.py pins the keys). Any other
+# value is part of the key like every other setting. Written out, not read from the dataclasses: a later
+# change of a default must change the keys of the runs it changes.
+KEYED_ONLY_WHEN_SET = {
+    "model.tap": False,
+    "assign.max_iou_pos": 0.5,
+    "assign.max_iou_neg": 0.4,
+    "assign.max_iou_min_pos": 0.0,
+    "assign.fovea_sigma": 0.4,
+    "assign.fovea_scale_ranges": [[1, 64], [32, 128], [64, 256], [128, 512], [256, 2048]],
+    "assign.fcos_range_bounds": [64.0, 128.0, 256.0, 512.0],
+    "loss.cls_target": "hard",
+}
+
+
 def training_fingerprint(config: dict) -> dict:
-    """The resolved hyperparameters that define what a run trains (flattened; see NON_TRAINING_KEYS)."""
-    return {k: v for k, v in _flatten(config).items() if not k.startswith(NON_TRAINING_KEYS)}
+    """The resolved hyperparameters that define what a run trains (flattened; see NON_TRAINING_KEYS and
+    KEYED_ONLY_WHEN_SET)."""
+    return {
+        k: v
+        for k, v in _flatten(config).items()
+        if not k.startswith(NON_TRAINING_KEYS)
+        and not (k in KEYED_ONLY_WHEN_SET and _same(v, KEYED_ONLY_WHEN_SET[k]))
+    }
+
+
+def _same(value, default) -> bool:
+    """Equal once tuples are lists (a resolved config holds tuples, its JSON lists; 64 == 64.0)."""
+    return _as_lists(value) == _as_lists(default)
+
+
+def _as_lists(value):
+    return [_as_lists(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

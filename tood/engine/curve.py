@@ -88,7 +88,7 @@ class BudgetCurve:
         dataset, loader = self._val
         rng, was_training = rng_state(), detector.training
         try:
-            use_ctr = uses_centerness(self.cfg.assign, epoch)  # the rule of the assigner of epoch `epoch`
+            use_ctr = uses_centerness(self.cfg.assign, self.cfg.loss, epoch)  # the rule of epoch `epoch`
             results, _ = run_inference(
                 detector, loader, self.cfg.eval, use_ctr, dataset.cat_ids, progress=False, alignment=False
             )

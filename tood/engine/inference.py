@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from tood.config import AssignConfig, EvalConfig, RunConfig, from_dict
+from tood.config import AssignConfig, EvalConfig, LossConfig, RunConfig, from_dict
 from tood.data.dataset import Batch, build_dataset, build_loader
 from tood.engine.evaluate import alignment_stats, coco_eval, detections_to_coco, summarize_alignment
 from tood.engine.runtime import device_name, pick_device, print_timing, process_age_s
@@ -22,17 +22,20 @@ from tood.model.assigners import choose_assigner
 from tood.model.backbone import NO_WEIGHTS
 from tood.model.detector import Detections, Detector, centerness_factor
 from tood.model.heads import HeadOutput
+from tood.model.losses import atss_loss, choose_loss
 from tood.progress import progress as progress_bar  # the `progress` argument below is a bool
 
 
-def uses_centerness(assign: AssignConfig, epochs: int) -> bool:
-    """Whether test scores are multiplied by the centerness: only when the final epoch trained it.
+def uses_centerness(assign: AssignConfig, loss: LossConfig, epochs: int) -> bool:
+    """Whether test scores are multiplied by the centerness: only when the final epoch's loss trained it.
 
-    Standard ATSS multiplies cls score by centerness at test time [mmdet ATSSHead]; the ATSS loss is what
-    trains the centerness branch. After TAL (the final assigner of a TOOD run) the scores are already
-    IoU-aware and the reference uses them as they are [R].
+    Standard ATSS and FCOS multiply the cls score by centerness at test time [mmdet ATSSHead, FCOSHead]; their
+    loss (tood.model.losses.atss_loss) is what trains the centerness branch. After TAL (the final assigner of
+    a TOOD run) the scores are already IoU-aware and the reference uses them as they are [R]; GFL's are too
+    (IoU targets), and RetinaNet and FoveaBox have no centerness.
     """
-    return choose_assigner(assign.assigner, epochs - 1, assign.warmup_epochs) == "atss"
+    phase = choose_assigner(assign.assigner, epochs - 1, assign.warmup_epochs)
+    return choose_loss(phase, loss.cls_target) is atss_loss
 
 
 @torch.no_grad()
@@ -140,7 +143,7 @@ def evaluate_checkpoint(
             f"{path}: category ids {ckpt['cat_ids']} differ from the val set's {dataset.cat_ids}"
         )
     loader = build_loader(dataset, cfg.eval.batch_size, shuffle=False, seed=0, drop_last=False)
-    use_ctr = uses_centerness(train_cfg.assign, train_cfg.train.epochs)
+    use_ctr = uses_centerness(train_cfg.assign, train_cfg.loss, train_cfg.train.epochs)
     startup_s, startup_cpu_s, start = process_age_s(), time.process_time(), time.perf_counter()
     results, stats = run_inference(detector, loader, cfg.eval, use_ctr, dataset.cat_ids)
     inference_s = time.perf_counter() - start

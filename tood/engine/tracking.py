@@ -303,6 +303,8 @@ def run_params(cfg: RunConfig, seed: int) -> dict[str, str]:
     str(), bools/None/lists JSON ("true", "[1333, 800]").
     """
     unused = _TAL_ONLY if cfg.assign.assigner != "tal" else ()
+    if cfg.loss.cls_target == "iou":  # GFL's QFL reads qfl_beta too (issue 20)
+        unused = tuple(k for k in unused if k != "loss.qfl_beta")
     params = {
         _SWITCHES.get(key, key): _param_str(value) for key, value in cfg.flat().items() if key not in unused
     }

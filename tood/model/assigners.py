@@ -4,7 +4,8 @@ Two assigners, both batched over padded GTs as (B, G, A) tensors with no Python 
 
   tal_assign   task-aligned assignment [P §3.2 eq. 9-10], as fcjian/TOOD's TaskAlignedAssigner + t_hat;
   atss_assign  ATSS (Zhang et al., CVPR 2020), which the reference uses for the first `initial_epoch`
-               epochs [R]; `choose_assigner` picks between them from the epoch.
+               epochs [R]; `choose_assigner` picks the phase from the epoch.
+Table 2's other fixed schemes (max-IoU, FoveaBox, FCOS) are in tood.model.fixed_assigners (issue 20).
 
 Padded GT rows (gt_mask False) may hold any boxes and labels (even NaN): every per-GT selection is
 and-ed with gt_mask before it can reach a prior, so padding never claims or blocks a prior.
@@ -36,21 +37,26 @@ class Assignment:
     gt_index: Tensor  # (B, A) long index into the padded G axis (0 where background)
     target_boxes: Tensor  # (B, A, 4) xyxy pixels of the assigned GT (0 where background)
     target_scores: Tensor  # (B, A) float soft target: t_hat for TAL [P eq.10], 1.0 for ATSS fg, 0 bg
-    overlaps: Tensor  # (B, A) IoU of the prediction (TAL) / anchor box (ATSS) with its assigned GT (0 bg)
+    overlaps: Tensor  # (B, A) IoU of the prediction (TAL) / anchor box (ATSS, max_iou) with its GT (0 bg)
+    # (B, A) bool: priors left out of the classification loss (max_iou's band between its thresholds), or None
+    ignore_mask: Tensor | None = None
+
+
+FIXED_ASSIGNERS = ("atss", "max_iou", "fovea", "fcos")  # Table 2's fixed schemes (tood.model.fixed_assigners)
 
 
 def choose_assigner(assigner: str, epoch: int, warmup_epochs: int) -> str:
-    """ATSS while `epoch < warmup_epochs`, the configured assigner afterwards.
+    """The assignment phase of `epoch`: ATSS while `epoch < warmup_epochs` for TAL, else the configured one.
 
     This is the reference's `initial_epoch=4` warm-up [R], not described in the paper: early scores and
-    IoUs are ~0, so t = s^alpha * u^beta carries no signal yet (fcjian/TOOD#15). The epoch is passed
-    explicitly (0-based) instead of being pushed into the head by a hook.
+    IoUs are ~0, so t = s^alpha * u^beta carries no signal yet (fcjian/TOOD#15). The fixed schemes need
+    no predictions and have no warm-up. The epoch is passed explicitly (0-based), not pushed in by a hook.
     """
     if assigner == "tal":
         return "atss" if epoch < warmup_epochs else "tal"
-    elif assigner == "atss":
-        return "atss"
-    raise ValueError(f"unknown assigner {assigner!r}; expected 'tal' or 'atss'")
+    elif assigner in FIXED_ASSIGNERS:
+        return assigner
+    raise ValueError(f"unknown assigner {assigner!r}; expected 'tal' or one of {FIXED_ASSIGNERS}")
 
 
 @torch.no_grad()

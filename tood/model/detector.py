@@ -5,9 +5,10 @@ Glossary used across tood/ (STYLE.md B4):
     K top-k, L levels (P3-P7, strides 8..128), N stacked head convs, F feature channels, H, W map size.
 Boxes are xyxy absolute pixels unless a suffix says otherwise; labels are 0-based, background is C.
 
-The ablation switches are each read in exactly one place: `build_head` (head), the heads' constructor
-(anchor type), `choose_assigner` (assigner and the ATSS warm-up). Nothing here branches on the head type:
-both heads return the same HeadOutput.
+The ablation switches are each read in exactly one place: `build_head` (head, TAP), the heads' constructor
+(anchor type), `choose_assigner` (assigner and the ATSS warm-up), `Detector.assign` (the phase's assigner
+function), `choose_loss` (the phase's loss, loss.cls_target). Nothing here branches on the head type: both
+heads return the same HeadOutput.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from torchvision.ops import batched_nms
 from tood.config import AssignConfig, EvalConfig, LossConfig, ModelConfig
 from tood.model.assigners import Assignment, atss_assign, choose_assigner, tal_assign
 from tood.model.backbone import build_backbone
+from tood.model.fixed_assigners import fcos_assign, fovea_assign, max_iou_assign
 from tood.model.heads import HeadOutput, build_head
-from tood.model.losses import atss_loss, tal_loss
+from tood.model.losses import choose_loss
 from tood.model.priors import Priors, make_priors
 
 STRIDES = (8, 16, 32, 64, 128)  # P3-P7 [R]
@@ -96,19 +98,34 @@ class Detector(nn.Module):
         epoch: int,
         assign_cfg: AssignConfig,
     ) -> tuple[str, Assignment]:
-        """The first half of compute_loss: the phase ("tal" | "atss") of `epoch` and its Assignment."""
+        """The first half of compute_loss: the phase of `epoch` (tood.model.assigners.choose_assigner) and its
+        Assignment."""
         priors = self.priors_for_image_size(*image_size, device=out.scores.device)
         phase = choose_assigner(assign_cfg.assigner, epoch, assign_cfg.warmup_epochs)
+        gts, C, c = (gt_boxes, gt_labels, gt_mask), self.num_classes, assign_cfg
         if phase == "tal":
             assignment = tal_assign(
-                out.scores.detach().float(), out.boxes.detach().float(), priors.points, gt_boxes, gt_labels,
-                gt_mask, alpha=assign_cfg.alpha, beta=assign_cfg.beta, topk=assign_cfg.topk,
+                out.scores.detach().float(), out.boxes.detach().float(), priors.points, *gts,
+                alpha=c.alpha, beta=c.beta, topk=c.topk,
             )  # fmt: skip
+        elif phase == "atss":
+            assignment = atss_assign(priors.anchors, priors.num_per_level, *gts, C, topk=c.atss_topk)
+        elif phase == "max_iou":
+            assignment = max_iou_assign(
+                priors.anchors, *gts, C,
+                pos_iou=c.max_iou_pos, neg_iou=c.max_iou_neg, min_pos_iou=c.max_iou_min_pos,
+            )  # fmt: skip
+        elif phase == "fovea":
+            assignment = fovea_assign(
+                priors.points, priors.num_per_level, *gts, C,
+                sigma=c.fovea_sigma, scale_ranges=c.fovea_scale_ranges,
+            )  # fmt: skip
+        elif phase == "fcos":
+            assignment = fcos_assign(
+                priors.points, priors.num_per_level, *gts, C, range_bounds=c.fcos_range_bounds
+            )
         else:
-            assignment = atss_assign(
-                priors.anchors, priors.num_per_level, gt_boxes, gt_labels, gt_mask, self.num_classes,
-                topk=assign_cfg.atss_topk,
-            )  # fmt: skip
+            raise ValueError(f"no assigner for phase {phase!r}")
         return phase, assignment
 
     def losses(
@@ -121,12 +138,13 @@ class Detector(nn.Module):
     ) -> dict[str, Tensor]:
         """The second half of compute_loss: the phase's loss terms and their sum 'loss' (out in fp32)."""
         points = self.priors_for_image_size(*image_size, device=out.scores.device).points
-        losses = (tal_loss if phase == "tal" else atss_loss)(out, assignment, loss_cfg, points)
+        losses = choose_loss(phase, loss_cfg.cls_target)(out, assignment, loss_cfg, points)
         losses["loss"] = sum(losses.values())
         if out.centerness is not None and "loss_ctr" not in losses:
-            # TAL does not train the parallel head's centerness. A zero-weighted term keeps that output in
-            # the graph, so DDP's reducer gets a (zero) gradient for every parameter in every phase and
-            # needs no unused-parameter search; nothing else changes (adding exact zeros).
+            # TAL (and max-IoU, FoveaBox, GFL) do not train the parallel head's centerness. A zero-weighted
+            # term keeps that output in the graph, so DDP's reducer gets a (zero) gradient for every
+            # parameter in every phase and needs no unused-parameter search; nothing else changes (adding
+            # exact zeros).
             losses["loss"] = losses["loss"] + 0.0 * out.centerness.sum()
         return losses
 

@@ -266,11 +266,47 @@ class TOODHead(nn.Module):
 # parallel head
 
 
+class TaskAlignedPredictor(nn.Module):
+    """TAP on the parallel head [P §3.1 eq. 6-8, Table 2 "TAL + TAP"] (issue 20).
+
+    The T-Head's prob map M and offsets O (same layers and inits [R]), fed with the last layer of the parallel
+    head's two towers, concatenated (2F channels), where the T-Head feeds them all N task-interactive layers:
+    the paper's note to Table 2 says TAP "aligns the predictions using the cls and loc features from the last
+    layer of the head tower"; it does not say how the two are combined, so concatenating them is ours.
+    score = sqrt(sigmoid(cls) * sigmoid(M)); each box side is resampled at its own offset (eq. 8).
+    """
+
+    def __init__(self, feat_channels: int, prior_prob: float = 0.01):
+        super().__init__()
+        in_channels, mid = 2 * feat_channels, max(feat_channels // 4, 1)
+        self.prob_branch = nn.Sequential(
+            nn.Conv2d(in_channels, mid, 1), nn.ReLU(inplace=True), nn.Conv2d(mid, 1, 3, padding=1)
+        )
+        self.offset_branch = nn.Sequential(
+            nn.Conv2d(in_channels, mid, 1), nn.ReLU(inplace=True), nn.Conv2d(mid, 8, 3, padding=1)
+        )
+        normal_init(self.prob_branch[0], std=0.01)  # as TOODHead's M and O [R TOODHead.init_weights]
+        normal_init(self.prob_branch[2], std=0.01, bias=prior_bias(prior_prob))
+        normal_init(self.offset_branch[0], std=0.001)
+        normal_init(self.offset_branch[2], std=0.001)  # offsets start ~0: boxes start ~B0
+
+    def forward(self, cls_logits: Tensor, box0: Tensor, tower_feats: Tensor) -> tuple[Tensor, Tensor]:
+        """cls_logits (B, C, H, W), box0 (B, HW, 4) in strides, tower_feats (B, 2F, H, W) ->
+        scores (B, HW, C) fp32 and aligned boxes (B, HW, 4) in strides."""
+        B, _, H, W = cls_logits.shape
+        scores = aligned_score(cls_logits, self.prob_branch(tower_feats))  # (B, C, H, W)
+        box0_map = box0.reshape(B, H, W, 4).permute(0, 3, 1, 2)  # (B, 4, H, W)
+        offsets = self.offset_branch(tower_feats).float()  # (B, 8, H, W) in cells
+        sampled = flatten_level(sample_at_offsets(box0_map, offsets))  # (B, HW, 4)
+        return flatten_level(scores), fallback_invalid(sampled, box0)
+
+
 class ParallelHead(nn.Module):
     """Parallel head [P Fig. 3a]: the standard ATSS head (two 4-conv GN towers, cls / reg / centerness).
 
     scores = sigmoid(cls); centerness logits come from the reg tower (ATSS); boxes decode like the
-    T-Head's B0 (no sampling). Parameter count 4,918,618 at F=256, C=80 = Table 1's 4.92M.
+    T-Head's B0 (no sampling). Parameter count 4,918,618 at F=256, C=80 = Table 1's 4.92M. With `tap`, a
+    TaskAlignedPredictor on the towers' last layer aligns scores and boxes (Table 2 "TAL + TAP").
     """
 
     def __init__(
@@ -282,6 +318,7 @@ class ParallelHead(nn.Module):
         anchor: str = "free",
         num_levels: int = 5,
         prior_prob: float = 0.01,
+        tap: bool = False,
     ):
         super().__init__()
         self.decode_in_stride = choose_decoder(anchor)
@@ -297,6 +334,8 @@ class ParallelHead(nn.Module):
         normal_init(self.cls_conv, std=0.01, bias=prior_bias(prior_prob))
         normal_init(self.reg_conv, std=0.01)
         normal_init(self.centerness_conv, std=0.01)
+        # created last, so the layers above draw the same initial weights with and without TAP
+        self.tap = TaskAlignedPredictor(Fc, prior_prob) if tap else None
 
     def forward(self, feats: list[Tensor], priors: Priors) -> HeadOutput:
         """feats: L maps (B, F, H_l, W_l) -> scores (B, A, C), boxes (B, A, 4), centerness (B, A)."""
@@ -314,19 +353,40 @@ class ParallelHead(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """x (B, F, H, W) -> scores (B, HW, C), boxes (B, HW, 4) pixels, centerness logits (B, HW)."""
         cls_feat, reg_feat = self.cls_tower(x), self.reg_tower(x)  # (B, F, H, W) each
+        if self.tap is not None:
+            return self._forward_tap(cls_feat, reg_feat, scale, points, anchors, strides)
         scores = flatten_level(self.cls_conv(cls_feat)).float().sigmoid()  # (B, HW, C)
         raw = flatten_level(self.reg_conv(reg_feat)).float()  # (B, HW, 4)
         boxes = self.decode_in_stride(raw, scale.float(), points, anchors, strides) * strides[:, None]
         centerness = flatten_level(self.centerness_conv(reg_feat)).float().squeeze(-1)  # (B, HW)
         return scores, boxes, centerness
 
+    def _forward_tap(
+        self,
+        cls_feat: Tensor,
+        reg_feat: Tensor,
+        scale: Tensor,
+        points: Tensor,
+        anchors: Tensor,
+        strides: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """forward_level with TAP: the towers' last layers (B, F, H, W) each -> scores, boxes, centerness."""
+        raw = flatten_level(self.reg_conv(reg_feat)).float()  # (B, HW, 4)
+        box0 = self.decode_in_stride(raw, scale.float(), points, anchors, strides)  # (B, HW, 4) in strides
+        tower_feats = torch.cat((cls_feat, reg_feat), 1)  # (B, 2F, H, W)
+        scores, boxes = self.tap(self.cls_conv(cls_feat), box0, tower_feats)  # (B, HW, C), (B, HW, 4)
+        centerness = flatten_level(self.centerness_conv(reg_feat)).float().squeeze(-1)  # (B, HW)
+        return scores, boxes * strides[:, None], centerness
+
 
 def build_head(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    """The only place that reads cfg.head."""
+    """The only place that reads cfg.head and cfg.tap."""
     if cfg.head == "tood":
         return TOODHead(
             num_classes, cfg.fpn_channels, cfg.stacked_convs, cfg.la_reduction, cfg.gn_groups, cfg.anchor
         )
     elif cfg.head == "parallel":
-        return ParallelHead(num_classes, cfg.fpn_channels, PARALLEL_TOWER_CONVS, cfg.gn_groups, cfg.anchor)
+        return ParallelHead(
+            num_classes, cfg.fpn_channels, PARALLEL_TOWER_CONVS, cfg.gn_groups, cfg.anchor, tap=cfg.tap
+        )
     raise ValueError(f"model.head must be 'tood' or 'parallel', got {cfg.head!r}")

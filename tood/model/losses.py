@@ -3,7 +3,10 @@
   TAL phase  [P eq.11-12][R]: quality focal loss on probabilities with soft targets t_hat, and t_hat-weighted
              GIoU; both divided by D = max(1, GPU-mean of sum t_hat).
   ATSS phase [R initial phase, first `warmup_epochs`]: focal loss on probabilities, centerness-weighted GIoU
-             and, for the parallel head only, the standard ATSS centerness BCE.
+             and, for the parallel head only, the standard ATSS centerness BCE. FCOS trains the same way.
+  Table 2's other schemes (issue 20): max-IoU and FoveaBox with focal loss and unweighted GIoU
+             (`fixed_loss`); ATSS + QFL with IoU soft targets and score-weighted GIoU (`gfl_loss`).
+`choose_loss` is the one place that pairs a phase with its loss.
 
 Everything is computed in fp32 with autocast disabled: BCE on probabilities is unsafe in half precision
 (pitfall 6; torch's autocast refuses F.binary_cross_entropy), so callers may keep the head under autocast.
@@ -12,6 +15,7 @@ The element losses take `reduction` ("sum" | "none"); the reference always sums 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -21,7 +25,7 @@ from torch import Tensor
 
 from tood.config import LossConfig
 from tood.model.assigners import Assignment
-from tood.model.boxes import aligned_giou
+from tood.model.boxes import aligned_giou, aligned_iou
 
 if TYPE_CHECKING:
     from tood.model.heads import HeadOutput
@@ -122,6 +126,24 @@ def tal_loss(out: HeadOutput, asg: Assignment, cfg: LossConfig, points: Tensor) 
     }
 
 
+def choose_loss(phase: str, cls_target: str) -> Callable[..., dict[str, Tensor]]:
+    """The loss of an assignment phase (tood.model.assigners.choose_assigner): the one place that pairs them.
+
+    tal -> tal_loss; cls_target "iou" -> gfl_loss (GFL: any fixed scheme, "ATSS + QFL" in Table 2);
+    atss, fcos -> atss_loss (centerness-weighted GIoU + centerness branch [mmdet ATSSHead, FCOSHead]);
+    max_iou, fovea -> fixed_loss (RetinaNet and FoveaBox weigh every positive alike, no centerness).
+    """
+    if phase == "tal":
+        return tal_loss
+    elif cls_target == "iou":
+        return gfl_loss
+    elif phase in ("atss", "fcos"):
+        return atss_loss
+    elif phase in ("max_iou", "fovea"):
+        return fixed_loss
+    raise ValueError(f"no loss for phase {phase!r} with cls_target {cls_target!r}")
+
+
 def atss_loss(out: HeadOutput, asg: Assignment, cfg: LossConfig, points: Tensor) -> dict[str, Tensor]:
     """ATSS-phase loss [R initial phase; standard ATSS head for the centerness term].
 
@@ -146,6 +168,61 @@ def atss_loss(out: HeadOutput, asg: Assignment, cfg: LossConfig, points: Tensor)
             logits = out.centerness[fg].float()  # (P,)
             losses["loss_ctr"] = F.binary_cross_entropy_with_logits(logits, ctr, reduction="sum") / num_pos
     return losses
+
+
+def fixed_loss(out: HeadOutput, asg: Assignment, cfg: LossConfig, points: Tensor) -> dict[str, Tensor]:
+    """Max-IoU and FoveaBox schemes: focal on probabilities and GIoU, each over max(1, num_pos) (GPU-mean).
+
+    The detector's losses with Table 2's "fixed" weights: every positive counts 1 and no centerness is
+    trained, as in RetinaNet and FoveaBox [mmdet RetinaHead, FoveaHead]; their own box losses (L1 on deltas,
+    smooth L1 on log distances) are replaced by our GIoU so that only the assignment differs between rows.
+    Priors in asg.ignore_mask (max-IoU's band between its thresholds) are left out of the focal loss.
+    `points` is unused (the signature is shared with atss_loss).
+    """
+    fg = asg.fg_mask  # (B, A)
+    num_pos = reduce_mean(fg.sum().float()).clamp(min=1.0)
+    loss_box = giou_loss(out.boxes[fg], asg.target_boxes[fg], torch.ones_like(asg.target_scores[fg]))
+    return {
+        "loss_cls": cfg.cls_weight * _focal_cls(out, asg, cfg) / num_pos,
+        "loss_box": cfg.box_weight * loss_box / num_pos,
+    }
+
+
+def gfl_loss(out: HeadOutput, asg: Assignment, cfg: LossConfig, points: Tensor) -> dict[str, Tensor]:
+    """GFL's pairing on a fixed assignment (Table 2's "ATSS + QFL (GFL)") [mmdet GFLHead.loss_by_feat_single].
+
+    cls: QFL (exponent qfl_beta) towards y = IoU(predicted box, its GT) on a positive's class (detached), 0
+    elsewhere, / max(1, num_pos); box: GIoU weighted by the prediction's highest class score (detached) /
+    max(1, sum of those weights), both GPU-means; no centerness. GFL's distribution focal loss belongs to its
+    integral box representation, which our heads do not have: left out. `points` is unused.
+    """
+    fg = asg.fg_mask  # (B, A)
+    num_pos = reduce_mean(fg.sum().float()).clamp(min=1.0)
+    with torch.autocast(out.boxes.device.type, enabled=False):
+        iou = aligned_iou(out.boxes.detach().float(), asg.target_boxes.float())  # (B, A)
+    soft = torch.where(fg, iou, 0.0)  # (B, A)
+    loss_cls = quality_focal_loss(out.scores, asg.labels, soft, beta=cfg.qfl_beta, reduction="none")
+    loss_cls = _drop_ignored(loss_cls, asg).sum()
+    weight = out.scores.detach().float().amax(dim=-1)[fg]  # (P,)
+    box_normaliser = reduce_mean(weight.sum()).clamp(min=1.0)
+    loss_box = giou_loss(out.boxes[fg], asg.target_boxes[fg], weight)
+    return {
+        "loss_cls": cfg.cls_weight * loss_cls / num_pos,
+        "loss_box": cfg.box_weight * loss_box / box_normaliser,
+    }
+
+
+def _focal_cls(out: HeadOutput, asg: Assignment, cfg: LossConfig) -> Tensor:
+    """Summed focal loss on probabilities over the priors not in asg.ignore_mask."""
+    loss = focal_loss_prob(out.scores, asg.labels, cfg.focal_alpha, cfg.focal_gamma, reduction="none")
+    return _drop_ignored(loss, asg).sum()
+
+
+def _drop_ignored(loss: Tensor, asg: Assignment) -> Tensor:
+    """loss (B, A, C) with the rows of ignored priors zeroed (mmdet: label weight 0 for MaxIoU's ignored)."""
+    if asg.ignore_mask is None:
+        return loss
+    return loss.masked_fill(asg.ignore_mask[..., None], 0.0)
 
 
 def _bce_prob(probs: Tensor, targets: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tood.config import HEADLINE
-from tood.report.paper import ABLATIONS, TABLE4, TABLE6
+from tood.report.paper import ABLATIONS, EXTENDED_VARIANTS, TABLE4, TABLE6, TOPK_ROWS
 from tood.report.results import Comparison, Runs, compare, ours_only, stat
 
 FIGURES = ("alpha_beta.png", "ablations.png", "losses.png", "alignment.png")
@@ -114,11 +114,25 @@ def loss_groups(variants: list[str]) -> list[tuple[str, list[str]]]:
     """losses.png's rows: the main variants, then Table 4's alpha/beta cells beside the headline (their
     reference cell). Twelve curves on one axes were unreadable (issue 18); at most ~7 per row are not."""
     cells = {r.variant for r in TABLE4} - {HEADLINE}
-    main = [v for v in variants if v not in cells]
+    topk = {r.variant for r in TOPK_ROWS} - {HEADLINE}
+    schemes = EXTENDED_VARIANTS - topk  # issue 20's Table 2 rows (none in the default grid)
+    main = [v for v in variants if v not in cells | EXTENDED_VARIANTS]
     table4 = [v for v in variants if v in cells]
     groups = [("main variants", main)]
     if table4:
         groups.append(("Table 4 α/β cells (headline for reference)", [HEADLINE, *table4]))
+    if any(v in schemes for v in variants):
+        reference = [v for v in ("parallel_atss", "parallel_tal") if v in variants]
+        groups.append(
+            (
+                "Table 2 schemes, parallel head (ATSS, TAL for reference)",
+                [*reference, *(v for v in variants if v in schemes)],
+            )
+        )
+    if any(v in topk for v in variants):
+        groups.append(
+            ("top-m of TAL (headline m=13 for reference)", [HEADLINE, *(v for v in variants if v in topk)])
+        )
     return [(title, vs) for title, vs in groups if vs]
 
 

@@ -39,7 +39,7 @@ AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCO AP in [0, 1] in th
 ALIGN_KEYS = ("pcc_top50", "iou_top10", "n_correct", "n_redundant", "n_error")
 METRIC_KEYS = AP_KEYS + ALIGN_KEYS
 SETTING_KEYS = ("dataset", "depth", "img_scale", "epochs")
-SWITCHES = ("head", "assigner", "anchor", "alpha", "beta")
+SWITCHES = ("head", "assigner", "anchor", "alpha", "beta", "topk", "tap", "cls_target")  # checked vs params
 COMPLEXITY_KEYS = ("head_params", "params", "all_params", "head_gflops", "gflops")
 VERDICTS = ("reproduces", "contradicts", "inconclusive", "not measured", "not run", "no paper number")
 DASH = "—"
@@ -131,7 +131,9 @@ class Runs:
     """What was measured: metrics file per listed variant, each variant's resolved switches and seeds."""
 
     metrics: dict[str, dict[str, Any]]  # variant -> metrics JSON
-    switches: dict[str, dict[str, Any]]  # variant -> {head, assigner, anchor, alpha, beta, warmup_epochs}
+    # variant -> {head, assigner, anchor, alpha, beta, warmup_epochs; issue 20: topk, tap, cls_target, epochs,
+    # schedule (its epochs / the shared train.epochs)}
+    switches: dict[str, dict[str, Any]]
     seeds: dict[str, tuple[int, ...]]  # variant -> its seeds (its own `seeds:` or the top-level list)
     trial: bool = False  # params.yaml `trial: true`: a try-out whose tables support no conclusions
 
@@ -168,11 +170,16 @@ def load_runs(params: dict[str, Any], metrics_dir: Path, where: str = "params.ya
             "Run the evaluate stage first (`dvc repro`)."
         )
     switches, seeds = {}, {}
+    shared_epochs = resolve_run_config(
+        params, variants[0], where
+    ).train.epochs  # the headline has no schedule
     for v in variants:
         cfg = resolve_run_config(params, v, where)
         model, assign = cfg.model, cfg.assign
         switches[v] = {"head": model.head, "assigner": assign.assigner, "anchor": model.anchor}
         switches[v] |= {"alpha": assign.alpha, "beta": assign.beta, "warmup_epochs": assign.warmup_epochs}
+        switches[v] |= {"topk": assign.topk, "tap": model.tap, "cls_target": cfg.loss.cls_target}
+        switches[v] |= {"epochs": cfg.train.epochs, "schedule": cfg.train.epochs / shared_epochs}
         seeds[v] = cfg.seeds
     metrics = {v: _read_metrics(paths[v], v, switches[v], seeds[v], where) for v in variants}
     return Runs(metrics, switches, seeds, trial_flag(params, where))

@@ -14,7 +14,7 @@ from typing import Any
 
 from tood.config import HEADLINE
 from tood.engine import tracking
-from tood.report import budget, figures, paper
+from tood.report import budget, extended, figures, paper
 from tood.report.paper import ABLATIONS, TABLE4, TABLE4_CHOSEN, TABLE6, TABLES, Ablation, PaperRow
 from tood.report.results import (
     ALIGN_KEYS,
@@ -156,6 +156,19 @@ def _seeds_text(runs: Runs) -> str:
     return f"seeds {list(common)}" + (f" (own seeds: {'; '.join(own)})" if own else " for every variant")
 
 
+def _epochs_text(runs: Runs, epochs: Any) -> str:
+    """ "12 epochs", or, where variants train longer (issue 20's 1.5x rows), the shared count and theirs."""
+    if epochs != "varies by variant":
+        return f"{epochs} epochs"
+    shared = runs.metrics[HEADLINE]["setting"]["epochs"] if HEADLINE in runs.metrics else None
+    others = [
+        f"`{v}`: {m['setting']['epochs']}"
+        for v, m in runs.metrics.items()
+        if m["setting"]["epochs"] != shared
+    ]
+    return f"{shared} epochs ({'; '.join(others)})"
+
+
 def render_setting(runs: Runs) -> str:
     values = {k: sorted({json.dumps(m["setting"][k]) for m in runs.metrics.values()}) for k in SETTING_KEYS}
     setting = {k: json.loads(v[0]) if len(v) == 1 else "varies by variant" for k, v in values.items()}
@@ -163,7 +176,7 @@ def render_setting(runs: Runs) -> str:
     scale = "x".join(map(str, scale)) if isinstance(scale, list) else scale
     ours = (
         f"dataset `{setting['dataset']}`, ResNet-{setting['depth']}, image scale {scale}, "
-        f"{setting['epochs']} epochs, {_seeds_text(runs)}"
+        f"{_epochs_text(runs, setting['epochs'])}, {_seeds_text(runs)}"
     )
     same = all(
         json.dumps(setting[k]) == json.dumps(list(v) if isinstance(v, tuple) else v)
@@ -179,19 +192,38 @@ def render_setting(runs: Runs) -> str:
     return f"{where}, measured with: {ours}. {budget.grid_hardware(runs)}\n{verdict_line}"
 
 
+ASSIGNER_NAMES = {"atss": "ATSS", "max_iou": "max-IoU", "fovea": "FoveaBox", "fcos": "FCOS"}
+
+
 def render_runs(runs: Runs) -> str:
     body = []
+    with_extended = extended.present(runs)
     for v, m in runs.metrics.items():
         sw = runs.switches[v]
-        rows = "<br>".join(paper.paper_rows_for(v, alpha=sw["alpha"], beta=sw["beta"])) or DASH
+        titles = paper.paper_rows_for(v, alpha=sw["alpha"], beta=sw["beta"])
+        titles += extended.rows_for(v) if with_extended else []
+        rows = "<br>".join(titles) or DASH
         ab = f"α={sw['alpha']:g}, β={sw['beta']:g}" if sw["assigner"] == "tal" else "— (ATSS)"
-        first = [f"`{v}`", rows, f"{sw['head']} / {sw['assigner']} / {sw['anchor']}", ab]
+        if sw["assigner"] not in ("tal", "atss"):
+            ab = f"— ({ASSIGNER_NAMES[sw['assigner']]})"
+        first = [f"`{v}`", rows, _switches_text(sw), ab]
         for i, (seed, per_seed) in enumerate(m["seeds"].items()):
             cells = first if i == 0 else ["", "", "", ""]
             ap = stat({"seeds": {seed: per_seed}}, "AP").fmt()
             body.append([*cells, str(seed), ap, _run_link(per_seed.get("mlflow_run_id"))])
     head = ["Variant", "Paper rows", "head / assigner / anchor", "TAL α, β", "Seed", "AP", "MLflow run"]
     return md_table(head, body)
+
+
+def _switches_text(sw: dict[str, Any]) -> str:
+    """ "head / assigner / anchor"; issue 20's switches only where they are not at their default, e.g.
+    "parallel + TAP / TAL m=5 / free, 1.5x epochs" (so the default grid's table reads as before)."""
+    head = sw["head"] + (" + TAP" if sw.get("tap") else "")
+    assigner = sw["assigner"] + (" + QFL" if sw.get("cls_target") == "iou" else "")
+    if sw["assigner"] == "tal" and sw.get("topk", 13) != 13:
+        assigner += f" m={sw['topk']}"
+    schedule = f", {sw['schedule']:g}x epochs" if sw.get("schedule", 1.0) != 1.0 else ""
+    return f"{head} / {assigner} / {sw['anchor']}{schedule}"
 
 
 def _run_link(run_id: str | None) -> str:
@@ -307,6 +339,7 @@ def render_report(runs: Runs) -> str:
         "## Table 6: head x assigner and task alignment\n\n" + render_rows(TABLE6, runs) + "\n\n" + t6_ap,
         render_rows(TABLE6, runs, ("AP", *ALIGN_KEYS)) + "\n\n" + counts + headline_note(runs),
         render_comparisons(_ablations_of("Table 6"), runs),
+        *([extended.render_extended(runs)] if extended.present(runs) else []),
         "## Over the budget: does each verdict hold late in training?\n\n" + budget.render_budget(runs),
         "## Which runs make each row\n\n" + render_runs(runs),
         "## How to open the MLflow UI\n\n" + MLFLOW_HOWTO,
@@ -344,6 +377,8 @@ def build_summary(runs: Runs) -> dict[str, Any]:
     head = {"paper": paper.SOURCE, "ap_scale": "0-100", "trial": runs.trial}
     extra = {"budget": budget.summary_json(runs), "hardware": budget.hardware_text(*runs.metrics.values())}
     extra["curve_cost"] = budget.cost_json(runs)
+    if extended.present(runs):  # issue 20's runs; absent from the default grid's summary
+        extra["extended"] = extended.summary_json(runs)
     return head | {"variants": variants, "ablations": ablations} | extra
 
 
