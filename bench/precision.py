@@ -40,7 +40,7 @@ def comparison_rows(base: dict[str, dict], treated: dict[str, dict], paper_delta
     rows = []
     for label, base_metrics in base.items():
         a, b = stat(base_metrics, "AP"), stat(treated[label], "AP")
-        delta, se = b.mean - a.mean, standard_error(a, b)
+        delta, se = shift(a, b)
         rows.append(
             {
                 "precision": label,
@@ -73,8 +73,8 @@ def train_and_evaluate(variants: list[str], amp: str, out: Path, work: Path) -> 
     params_path = out / "params.yaml"
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{work.resolve() / 'mlflow.db'}"}
+    py = [sys.executable, "-m"]
     for v in variants:
-        py = [sys.executable, "-m"]
         subprocess.run(
             [
                 *py,
