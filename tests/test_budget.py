@@ -112,22 +112,6 @@ def test_summary_opens_tables_md_one_line_per_claim(report):
     assert len([x for x in summary.splitlines() if x.startswith("| Table")]) == 7
 
 
-def test_a_summary_row_says_when_the_curve_subset_and_the_full_evaluation_disagree(report):
-    # the 24-epoch grid's AB Table 1 row read "contradicts" beside "stable: inconclusive" without a reason:
-    # the curve's last point is the final weights on 256 of the 512 val images
-    p = budget.BudgetPoint
-    points = [p(4, -0.5, 0.3, "inconclusive"), p(6, -0.5, 0.3, "inconclusive"), p(8, -0.5, 0.3, "inconclusive")]
-    assert budget.subset_caveat(points, "contradicts") == (
-        "; the last point is on the curve's val subset (`eval.curve_max_images`): inconclusive there, "
-        "contradicts on the evaluate stage's images (the Verdict column)"
-    )
-    assert budget.subset_caveat(points, "inconclusive") == "" and budget.subset_caveat(None, "reproduces") == ""
-    text, *_ = report  # the fixture's curves end on the final Δ: no caveat, and the note gives both counts
-    summary = section(text, "Summary")
-    assert "val subset" not in summary
-    assert "Curve points: 256 val images (the evaluate stage: 512): the last point's Δ can differ" in summary
-
-
 def test_over_the_budget_section_summary_json_and_hardware(report):
     text, summary, *_ = report
     row = line_with(section(text, "Over the budget"), "T-Head - parallel (ATSS, anchor-free)")

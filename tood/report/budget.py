@@ -221,26 +221,13 @@ def claims(runs: Runs) -> list[Claim]:
         ablation = _ablation(key)
         c = compare(ablation, runs)[0]
         points = budget_points(ablation, runs)
-        over = stability_text(points) + subset_caveat(points, c.verdict)
-        out.append(Claim(label, c, c.verdict, over, _setting(runs, ablation, points)))
+        out.append(Claim(label, c, c.verdict, stability_text(points), _setting(runs, ablation, points)))
     t6 = next(c for c in compare(_ablation("t6_both"), runs) if c.metric == "pcc_top50")
     t6_budget = "end of training only (alignment is not on the curve)"
     label6 = "Table 6: T-Head + TAL aligns the two tasks better (PCC top-50, vs parallel + ATSS)"
     out.append(Claim(label6, t6, t6.verdict, t6_budget, _setting(runs, t6.ablation, None)))
     out.append(_alpha_beta_claim(runs))
     return out
-
-
-def subset_caveat(points: list[BudgetPoint] | None, final_verdict: str) -> str:
-    """Said when the last curve point (the final weights on the curve's val images, `eval.curve_max_images`)
-    gives another verdict than the Verdict column (the same weights on the evaluate stage's images), so that
-    a row never reads "contradicts" beside "stable: inconclusive" without saying why."""
-    if not points or points[-1].verdict == final_verdict:
-        return ""
-    return (
-        f"; the last point is on the curve's val subset (`eval.curve_max_images`): {points[-1].verdict} "
-        f"there, {final_verdict} on the evaluate stage's images (the Verdict column)"
-    )
 
 
 def _alpha_beta_claim(runs: Runs) -> Claim:
@@ -315,8 +302,6 @@ def render_summary(runs: Runs) -> str:
         "verdict measures how fast each side learns at this budget, not which design is better). Table 4's "
         "line shows the strongest other cell, (cell) − (α=1, β=6); its verdict needs every cell measured."
     )
-    if images := curve_images_text(runs):
-        note += " " + images
     return "## Summary: the paper's claims at this budget\n\n" + md_table(header, body) + "\n\n" + note
 
 
