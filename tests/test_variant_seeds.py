@@ -22,9 +22,8 @@ def test_a_variant_may_run_on_its_own_seeds_and_the_others_keep_the_top_level_li
     params = _params(seeds=[0])
     assert resolve_run_config(params, "a1_b8").seeds == (0,)
     assert resolve_run_config(params, "a1_b8").assign.beta == 8.0  # its other overrides still apply
-    assert resolve_run_config(params, "ab_parallel_atss").seeds == (0, 1, 2)
+    assert resolve_run_config(params, "parallel_atss").seeds == (0, 1, 2)
     assert resolve_run_config(params, HEADLINE).seeds == (0, 1, 2)
-    assert resolve_run_config(params, "parallel_atss").seeds == (0, 1, 2, 3, 4)  # its own, in params.yaml
 
 
 @pytest.mark.parametrize(
