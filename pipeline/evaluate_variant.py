@@ -75,13 +75,15 @@ NOT_LOGGED = ("curve", "precision", "device", "eval_device", "train_time_s", "cu
 
 
 def log_to_run(cfg: RunConfig, seed: int, run_id: str, metrics: dict, complexity: dict) -> None:
-    """Add the metrics (per-class AP as per_class/<name>, complexity/run/<key>, ...; COCO's -1 "undefined"
-    left out) and their JSON to the seed's training run."""
+    """Add the metrics (per-class AP as per_class/<name>, ...; COCO's -1 "undefined" left out) and their
+    JSON to the seed's training run. The complexity figures are tags, complexity.run.<key> and
+    complexity.paper_config.<key> (issue 29): as metrics, MLflow drew twenty charts of one constant each,
+    first on the run's Model metrics tab, before the loss and AP curves."""
     clean = _clean(metrics)
     numbers = {k: v for k, v in clean.items() if k not in NOT_LOGGED}  # the curve: val/* at each step
     with tracking.start_run(cfg, seed, run_id=run_id):
-        tracking.log_eval_metrics(numbers | {"complexity": complexity})
-        tracking.set_tags({"eval_device": clean["eval_device"]})
+        tracking.log_eval_metrics(numbers)
+        tracking.set_tags({"eval_device": clean["eval_device"], "complexity": complexity})
         tracking.log_dict(clean, f"metrics_seed{seed}.json")
 
 

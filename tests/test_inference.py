@@ -155,6 +155,11 @@ def test_evaluate_cli_writes_metrics_schema_and_logs_into_the_training_run(train
     client = _client()  # the fixture's private store
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and "AP" in run.data.metrics and "per_class/red" in run.data.metrics
+    # the model's size is a tag, not a one-point chart before the curves (issue 29)
+    assert not any(key.startswith("complexity") for key in run.data.metrics)
+    complexity = metrics["complexity"]
+    assert run.data.tags["complexity.run.head_params"] == str(complexity["run"]["head_params"])
+    assert run.data.tags["complexity.paper_config.gflops"] == repr(complexity["paper_config"]["gflops"])
     assert "metrics_seed0.json" in [a.path for a in client.list_artifacts(run_id)]
 
 

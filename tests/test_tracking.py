@@ -123,11 +123,16 @@ def test_run_names_say_what_the_run_is():
 
 
 def test_runs_page_url_opens_the_training_view_with_the_stored_columns():
+    # our own server's page stores the columns in the browser: no share key, so no shared-view banner
+    url = tracking.runs_page_url("http://127.0.0.1:5000/", "7", via_open_page=True)
+    assert url == "http://127.0.0.1:5000/tood/open#/experiments/7/runs?workflowType=machine_learning"
+    # a server we do not serve: the share key is the only way to the columns (banner included)
     url = tracking.runs_page_url("http://127.0.0.1:5000/", "7")
     assert url == (
         "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=tood-runs"
     )
-    view = json.loads(tracking._EXPERIMENT_TAGS["mlflow.sharedViewState.tood-runs"])
+    assert tracking.RUNS_VIEW_TAG == "mlflow.sharedViewState.tood-runs"
+    view = json.loads(tracking._EXPERIMENT_TAGS[tracking.RUNS_VIEW_TAG])
     columns = ["metrics.`AP`", *(f"params.`{k}`" for k in ("head", "assigner", "anchor", "alpha", "beta"))]
     assert view["selectedColumns"] == view["columnOrder"] == columns
     assert view["columnWidths"] == dict.fromkeys(columns, 72)
@@ -281,6 +286,32 @@ def test_evaluation_metrics_leave_out_cocos_undefined_minus_one(store):
     assert logged == {"AP": 0.3, "APs": 0.2, "pcc_top50": -1.0, "per_class/L": 0.4}  # a PCC of -1 is real
 
 
+COMPLEXITY = {  # tood.report.complexity.checkpoint_complexity's shape (Complexity.to_dict() twice)
+    where: {"head_params": 4_800_000, "params": 31_900_000, "all_params": 32_100_000, "head_gflops": 40.1,
+            "gflops": 199.6, "num_classes": 80, "input_h": 800, "input_w": 1344, "depth": 50, "fpn_channels": 256}
+    for where in ("run", "paper_config")
+}  # fmt: skip
+
+
+def test_evaluation_records_the_models_complexity_as_tags_not_metrics(store):
+    """Issue 29: twenty constants as metrics drew twenty one-point charts, first on the Model metrics tab."""
+    from pipeline.evaluate_variant import log_to_run
+
+    cfg = make_cfg()
+    with tracking.start_run(cfg, seed=0) as run:
+        pass
+    metrics = {"AP": 0.4, "APl": -1.0, "per_class": {"L": 0.5}, "eval_device": "cpu", "curve": {"step": [1]}}
+    log_to_run(cfg, 0, run.info.run_id, metrics, COMPLEXITY)
+    got = client(store).get_run(run.info.run_id).data
+    assert got.metrics == {"AP": 0.4, "per_class/L": 0.5}
+    for where in ("run", "paper_config"):
+        for key, value in COMPLEXITY[where].items():
+            assert got.tags[f"complexity.{where}.{key}"] == str(value)
+    assert got.tags["eval_device"] == "cpu"
+    log_to_run(cfg, 0, run.info.run_id, metrics, COMPLEXITY | {"run": {"gflops": 0.5}})  # re-evaluated
+    assert client(store).get_run(run.info.run_id).data.tags["complexity.run.gflops"] == "0.5"
+
+
 def test_last_logged_steps_of_a_resumed_run(store):
     with tracking.start_run(make_cfg(), seed=0) as run:
         tracking.log_metrics({"train/loss": 2.0, "train/lr": 0.1}, step=3)
@@ -362,14 +393,23 @@ def ui(tmp_path_factory, template_db):
     """`python -m pipeline.mlflow_ui` over a store holding a TAL and an ATSS run: (printed link, base, root)."""
     root = tmp_path_factory.mktemp("ui")
     shutil.copy(template_db, root / "mlflow.db")
+    from pipeline.evaluate_variant import log_to_run
+
     tal = resolve_run_config({"alpha": 1, "beta": 6}, "tood")
     atss = resolve_run_config({"alpha": 1, "beta": 6, "variants": {"atss": {"assigner": "atss"}}}, "atss")
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.setenv("DVC_ROOT", str(root))
         for cfg, ap in ((tal, 0.4), (atss, 0.3)):
-            with tracking.start_run(cfg, seed=0):
-                tracking.log_eval_metrics({"AP": ap, "APl": -1.0})
+            # what training logs (step losses, the budget curve, epoch means), then what evaluation adds
+            with tracking.start_run(cfg, seed=0) as run:
+                for step in (1, 2, 3, 4):
+                    tracking.log_metrics({"train": {"loss": 2.0 / step, "lr": 0.01}}, step=step)
+                for step in (2, 4):
+                    tracking.log_metrics({"val": {"AP": ap * step / 4}}, step=step)
+                    tracking.log_metrics({"epoch": {"loss": 1.0 / step}}, step=step // 2)
+            evaluation = {"AP": ap, "APl": -1.0, "per_class": {"red": ap}, "eval_device": "cpu"}
+            log_to_run(cfg, 0, run.info.run_id, evaluation, COMPLEXITY)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
     port, log = _free_port(), root / "ui.log"
     with log.open("w") as out:
@@ -394,9 +434,8 @@ def test_ui_link_names_the_runs_page_and_the_view_the_server_holds(ui):
     link, base, root = ui
     exp_id = client(f"sqlite:///{root}/mlflow.db").get_experiment_by_name(tracking.EXPERIMENT).experiment_id
     assert link == tracking.runs_page_url(base, exp_id, via_open_page=True)
-    assert link.startswith(
-        f"{base}{tracking.OPEN_PATH}#/experiments/{exp_id}/runs?workflowType=machine_learning"
-    )
+    # no viewStateShareKey: it would show the "You're viewing a shared view" banner (issue 29)
+    assert link == f"{base}{tracking.OPEN_PATH}#/experiments/{exp_id}/runs?workflowType=machine_learning"
     got = json.loads(_get(f"{base}/ajax-api/2.0/mlflow/experiments/get?experiment_id={exp_id}"))
     tags = {t["key"]: t["value"] for t in got["experiment"]["tags"]}
     view = json.loads(tags[f"mlflow.sharedViewState.{tracking.RUNS_VIEW_KEY}"])
@@ -410,7 +449,10 @@ def test_ui_link_names_the_runs_page_and_the_view_the_server_holds(ui):
     main_js = re.search(r'src="([^"]*/static/js/main\.[0-9a-f]+\.js)"', _get(f"{base}/"))[1]
     frontend = _get(f"{base}/{main_js}")
     for contract in ('.get("workflowType")', '"machine_learning"', '"viewStateShareKey"',
-                     '"mlflow.sharedViewState."', '"selectedColumns"', '"columnOrder"', '".`"'):  # fmt: skip
+                     '"mlflow.sharedViewState."', '"selectedColumns"', '"columnOrder"', '".`"',
+                     # the runs table's state in localStorage, which OPEN_PATH's page writes
+                     '"MLflowLocalStorage"', 'version="1.1"', '"ReactComponentState"',
+                     'SOURCE:"Source"', 'MODELS:"Models"', 'DATASET:"Dataset"'):  # fmt: skip
         assert contract in frontend, contract
 
 
@@ -429,23 +471,74 @@ def _dom(chromium: str, url: str, profile: Path) -> str:
 GENAI = ("Judges", "Evaluations")  # the GenAI sidebar and a run page's GenAI breadcrumb ("… › Evaluations")
 
 
+SHARED_VIEW_BANNER = "viewing a shared view"  # "You're viewing a shared view. ... Override saved view"
+MLFLOW_COLUMNS = (">Source<", ">Dataset<")  # the runs table's columns in a fresh browser (and Models)
+
+
+def _columns_shown(table: str) -> None:
+    for column in ("AP", *tracking.RUNS_VIEW_PARAMS):
+        assert f">{column}<" in table, column  # a column header
+    assert not any(c in table for c in MLFLOW_COLUMNS), [c for c in MLFLOW_COLUMNS if c in table]
+
+
 @pytest.mark.slow
 def test_ui_link_then_a_run_stays_in_the_training_view(ui, chromium, tmp_path):
-    """Issue 18, as a user clicks: the printed link -> the runs table -> a run (its link from the table, in
-    the same browser profile) -> its metrics, with no GenAI page on the way; then the bare address shows
-    no telemetry notice. MLflow keeps the view in the browser, so the profile is what carries it."""
+    """Issues 18 and 29, as a user clicks: the printed link -> the runs table in our columns, without
+    the shared-view banner -> a run (its link from the table, in the same browser profile) -> its
+    metrics, with no GenAI page on the way; then the bare address shows no telemetry notice. MLflow
+    keeps the view in the browser, so the profile is what carries it."""
     link, base, _ = ui
     profile = tmp_path / "profile"
     table = _dom(chromium, link, profile)
     assert "tood a1 b6 / seed0" in table and "atss / seed0" in table
-    for column in ("AP", *tracking.RUNS_VIEW_PARAMS):
-        assert f">{column}<" in table, column  # a column header
+    _columns_shown(table)
+    assert SHARED_VIEW_BANNER not in table and "Override saved view" not in table
     assert not any(g in table for g in GENAI)
     run_href = re.search(r'href="(#/experiments/\d+/runs/[0-9a-f]{32})"', table)[1]  # a run name's link
     run_page = _dom(chromium, f"{base}/{run_href}", profile)
     assert "Model metrics" in run_page and ">AP<" in run_page and " / seed0" in run_page
     assert not any(g in run_page for g in GENAI), [g for g in GENAI if g in run_page]
     assert "collects usage data" not in _dom(chromium, f"{base}/", profile)
+
+
+@pytest.mark.slow
+def test_ui_link_gives_our_columns_to_a_browser_that_showed_mlflows(ui, chromium, tmp_path):
+    """The table's page saves its state in the browser on every visit, MLflow's default columns in a
+    browser that opened the bare address first; the printed link still shows ours, without the banner."""
+    link, base, root = ui
+    exp_id = client(f"sqlite:///{root}/mlflow.db").get_experiment_by_name(tracking.EXPERIMENT).experiment_id
+    profile = tmp_path / "profile"
+    assert all(c in _dom(chromium, f"{base}/#/experiments/{exp_id}/runs", profile) for c in MLFLOW_COLUMNS)
+    table = _dom(chromium, link, profile)
+    _columns_shown(table)
+    assert SHARED_VIEW_BANNER not in table
+
+
+def _chart_sections(page: str) -> list[str]:
+    """The Model metrics tab's sections, top to bottom: each header is "<name>" then "(<chart count>)"."""
+    return re.findall(r">([^<>]+)</div><div[^>]*>\(\d+\)</div>", page)
+
+
+@pytest.mark.slow
+def test_a_runs_model_metrics_tab_opens_on_its_training_curves(ui, chromium, tmp_path):
+    """Issue 29: the tab shows one section per metric prefix, by name; complexity/paper_config/* came
+    first with ten one-point charts. Now the complexity figures are tags and the curves come first."""
+    link, base, root = ui
+    store = client(f"sqlite:///{root}/mlflow.db")
+    exp = store.get_experiment_by_name(tracking.EXPERIMENT)
+    run = store.search_runs([exp.experiment_id], "attributes.run_name = 'tood a1 b6 / seed0'")[0]
+    profile = tmp_path / "profile"
+    _dom(chromium, link, profile)  # as a reader arrives: through the link, in the model-training view
+    route = f"#/experiments/{exp.experiment_id}/runs/{run.info.run_id}/model-metrics"
+    page = _dom(chromium, f"{base}/{route}", profile)
+    sections = _chart_sections(page)
+    # training curves first: the epoch means (epoch/*), the steps' losses (train/*), the budget curve (val/*)
+    assert sections[0] in ("epoch", "train", "val"), sections
+    assert {"train", "val"} <= set(sections) and not any("complexity" in s for s in sections), sections
+    assert sections.index("val") < sections.index("Model metrics")  # the evaluation's one-point AP charts
+    first_chart = re.search(r'<h4[^>]* title="([^"]+)"', page)[1]
+    assert first_chart.split("/")[0] in ("epoch", "train", "val"), first_chart
+    assert "complexity" not in page  # tags (the Overview tab), not charts
 
 
 @pytest.mark.slow
@@ -459,6 +552,9 @@ def test_without_the_open_page_a_fresh_browser_shows_runs_in_genai_mode(ui, chro
     )
     assert any(g in run_page for g in GENAI)
     assert "collects usage data" in _dom(chromium, f"{base}/", tmp_path / "b")
+    # the share key, our columns' one way into a server we do not serve, brings MLflow's banner
+    shared = _dom(chromium, tracking.runs_page_url(base, exp.experiment_id), tmp_path / "c")
+    assert SHARED_VIEW_BANNER in shared and ">assigner<" in shared
 
 
 @pytest.mark.slow

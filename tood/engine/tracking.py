@@ -11,10 +11,13 @@ Where runs go (reference/dvc-mlflow.md §2-3, gotchas 10-18):
 Opening the UI on the runs: MLflow 3.17 and 3.18 (same frontend code) open in the GenAI view in a fresh
 browser whatever the experiment's mlflow.experimentKind tag says, because the sidebar's workflow toggle
 lives in the browser's localStorage (mlflow#24498). The UI does honour `?workflowType=machine_learning`
-in the URL, so `runs_page_url` builds that link, adding `viewStateShareKey=<RUNS_VIEW_KEY>`: a view kept
-as the experiment tag `mlflow.sharedViewState.<key>` (the UI's own "share view" format) whose table
-columns are AP, head, assigner, anchor, alpha and beta. The UI has no other per-experiment default
-columns; without the key it shows Source/Models/Dataset.
+in the URL, so `runs_page_url` builds that link. The runs table's columns (AP, head, assigner, anchor,
+alpha, beta) are kept as the experiment tag RUNS_VIEW_TAG, in the UI's own "share view" format. The UI has
+no per-experiment default columns (a fresh browser shows Source/Models/Dataset) and keeps the table's
+state in localStorage too, so the page of `pipeline.mlflow_ui`'s server (tood/engine/mlflow_app.py) copies
+that view into the browser before it opens the table. `viewStateShareKey=<RUNS_VIEW_KEY>` in the URL would
+apply it as well, but under a "You're viewing a shared view... Override saved view" banner (issue 29), so
+only the link into a server we do not serve carries it.
 
 A tracking server that stops answering fails training within ~60 s with a TrackingError rather than
 after MLflow's default ~8 min of retries (HTTP_RETRY_ENV); the checkpoint is kept and a re-run resumes
@@ -71,6 +74,7 @@ HTTP_RETRY_ENV = {
 # the run name (which carries variant, α, β and seed) on a 1600 px screen with MLflow's Assistant panel
 # open. Column ids are the UI's own ("params.`alpha`"); columnOrder is needed, or params sort by name.
 RUNS_VIEW_KEY = "tood-runs"
+RUNS_VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW_KEY}"  # where the UI looks up a viewStateShareKey
 RUNS_VIEW_METRICS = ("AP",)
 RUNS_VIEW_PARAMS = ("head", "assigner", "anchor", "alpha", "beta")
 _RUNS_VIEW_COLUMNS = [f"metrics.`{k}`" for k in RUNS_VIEW_METRICS] + [
@@ -83,7 +87,7 @@ _RUNS_VIEW = {
 }
 _EXPERIMENT_TAGS = {
     "mlflow.experimentKind": "custom_model_development",
-    f"mlflow.sharedViewState.{RUNS_VIEW_KEY}": json.dumps(_RUNS_VIEW),
+    RUNS_VIEW_TAG: json.dumps(_RUNS_VIEW),
 }
 # The five ablation switches are logged once each, under short names (params.alpha in search filters and
 # table columns) instead of their config paths; every other setting keeps its dotted path.
@@ -210,11 +214,15 @@ def experiment_id() -> str:
 def runs_page_url(base_url: str, experiment_id: str, via_open_page: bool = False) -> str:
     """The UI page that lists the experiment's runs, in the model-training view, with RUNS_VIEW's columns.
 
-    `via_open_page` (a server started by pipeline.mlflow_ui): through OPEN_PATH, so that the run pages a
-    click opens from there stay in that view too; `workflowType` in the URL covers only the page it names.
+    `via_open_page` (a server started by pipeline.mlflow_ui): through OPEN_PATH, which stores the view and
+    the columns in the browser, so that the run pages a click opens from there stay in that view too
+    (`workflowType` in the URL covers only the page it names) and no shared-view banner shows. Without it
+    (a server we do not serve), the columns come through `viewStateShareKey`, banner included.
     """
-    query = urllib.parse.urlencode({"workflowType": "machine_learning", "viewStateShareKey": RUNS_VIEW_KEY})
-    route = f"/experiments/{experiment_id}/runs?{query}"
+    query = {"workflowType": "machine_learning"}
+    if not via_open_page:
+        query["viewStateShareKey"] = RUNS_VIEW_KEY
+    route = f"/experiments/{experiment_id}/runs?{urllib.parse.urlencode(query)}"
     return f"{base_url.rstrip('/')}{OPEN_PATH if via_open_page else '/'}#{route}"
 
 
@@ -458,13 +466,30 @@ def log_params(params: Mapping[str, Any]) -> None:
         mlflow.log_params({key: _param_str(value) for key, value in params.items()})
 
 
-def set_tags(tags: Mapping[str, str]) -> None:
-    """Set (or overwrite) tags of the active run: e.g. the device, which a resume on another machine changes."""
+def set_tags(tags: Mapping[str, Any]) -> None:
+    """Set (or overwrite) tags of the active run: e.g. the device, which a resume on another machine changes.
+
+    Nested mappings become "outer.inner" keys and values are rendered as run_params renders them, e.g.
+    {"complexity": {"run": {"gflops": 0.7}}} -> complexity.run.gflops = "0.7". Numbers that do not change
+    over a run (a model's size) belong here rather than in log_metrics: a run's Model metrics tab draws a
+    chart per metric, grouped by the name before its last '/', groups in name order, so complexity/* came
+    before the epoch/, train/ and val/ curves (issue 29).
+    """
     import mlflow
 
     _require_active_run()
     with _server_calls():
-        mlflow.set_tags(dict(tags))
+        mlflow.set_tags(_flat_tags(tags))
+
+
+def _flat_tags(tags: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in tags.items():
+        if isinstance(value, Mapping):
+            flat.update(_flat_tags(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, str) else _param_str(value)
+    return flat
 
 
 def _flat_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
