@@ -88,3 +88,8 @@ def write_json(path: Path | None, figures: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(figures, indent=2) + "\n")
         print(f"wrote {path}")
+
+
+def verdict(checks: list[tuple[str, bool]]) -> dict:
+    """A bench.gpu_check section's result: ok when every (description, passed) check passed."""
+    return {"ok": all(ok for _, ok in checks), "checks": [{"what": w, "ok": bool(ok)} for w, ok in checks]}

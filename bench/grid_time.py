@@ -22,11 +22,14 @@ pass --force to time a from-scratch run. The run is the real pipeline: it rewrit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -35,33 +38,65 @@ TIMING_LINE = re.compile(r"^timing: (\{.*\})\s*$")
 SUMMARY_LINE = re.compile(r'^(\{"variant".*"train_time_s".*\})\s*$')  # train_variant's per-seed summary
 
 
-def run_repro(force: bool, targets: list[str], single_item: bool = False) -> tuple[float, list[dict]]:
-    """(total seconds, [{"stage", "seconds", timing keys...}, ...] in run order); raises if dvc fails."""
+def run_repro(
+    force: bool,
+    targets: list[str],
+    single_item: bool = False,
+    *,
+    cwd: Path | None = None,
+    env: dict | None = None,
+    timeout_s: float | None = None,
+) -> tuple[float, list[dict]]:
+    """(total seconds, [{"stage", "seconds", timing keys...}, ...] in run order); raises if dvc fails.
+
+    cwd: the repo to run in (default: this one); env: the environment (default: this process's);
+    timeout_s: stop dvc and its stage processes (one process group) after that many seconds."""
     flags = [*(["--force"] if force else []), *(["--single-item"] if single_item else [])]
     cmd = [sys.executable, "-m", "dvc", "repro", *flags, *targets]
     # dvc.yaml's commands say `python`: make it this interpreter's environment (the project's .venv) even
     # when the script was started as .venv/bin/python without activating it.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = dict(os.environ if env is None else env)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     start = time.perf_counter()
     stages: list[dict] = []
     tail: list[str] = []
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
-        for line in proc.stdout:
-            tail = (tail + [line])[-40:]
-            if match := STAGE_LINE.search(line):
-                stages.append({"stage": match.group(1), "start": time.perf_counter()})
-                print(f"[{stages[-1]['start'] - start:7.1f} s] {match.group(1)}", flush=True)
-            elif (match := TIMING_LINE.match(line)) and stages:
-                add_timing(stages[-1], json.loads(match.group(1)))
-            elif (match := SUMMARY_LINE.match(line)) and stages:  # code before timing lines: epochs only
-                add_timing(stages[-1], {"train_time_s": json.loads(match.group(1))["train_time_s"]})
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True, "env": env, "cwd": cwd}
+    with subprocess.Popen(cmd, **popen, start_new_session=timeout_s is not None) as proc:
+        timer = threading.Timer(timeout_s, _kill_group, (proc.pid,)) if timeout_s else None
+        if timer is not None:
+            timer.start()
+        try:
+            _read_repro_output(proc, start, stages, tail)
+        finally:
+            if timer is not None:
+                timer.cancel()
     total = time.perf_counter() - start
+    if timeout_s is not None and total >= timeout_s and proc.returncode != 0:
+        raise SystemExit(f"dvc repro stopped after {timeout_s:.0f} s:\n{''.join(tail)}")
     if proc.returncode != 0:
         raise SystemExit(f"dvc repro failed (exit {proc.returncode}):\n{''.join(tail)}")
     ends = [s["start"] for s in stages[1:]] + [start + total]
     for stage, end in zip(stages, ends):
         stage["seconds"] = end - stage.pop("start")
     return total, stages
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _read_repro_output(proc: subprocess.Popen, start: float, stages: list[dict], tail: list[str]) -> None:
+    """Follow dvc's output: a new entry in `stages` per stage it runs, its timing lines added to it."""
+    for line in proc.stdout:
+        tail[:] = (tail + [line])[-40:]
+        if match := STAGE_LINE.search(line):
+            stages.append({"stage": match.group(1), "start": time.perf_counter()})
+            print(f"[{stages[-1]['start'] - start:7.1f} s] {match.group(1)}", flush=True)
+        elif (match := TIMING_LINE.match(line)) and stages:
+            add_timing(stages[-1], json.loads(match.group(1)))
+        elif (match := SUMMARY_LINE.match(line)) and stages:  # code before timing lines: epochs only
+            add_timing(stages[-1], {"train_time_s": json.loads(match.group(1))["train_time_s"]})
 
 
 def add_timing(stage: dict, figures: dict) -> None:
