@@ -29,26 +29,31 @@ from pathlib import Path
 
 import yaml
 
-from tood.report.results import Stat, standard_error, stat, verdict
+from tood.report import stats
+from tood.report.results import Stat, fmt_ci, stat
 
 
 def comparison_rows(base: dict[str, dict], treated: dict[str, dict], paper_delta: float) -> list[dict]:
-    """One row per precision: the contrast treated - base in AP (0-100), Welch SE and verdict.
+    """One row per precision: the contrast treated - base in AP (0-100), Welch's test and verdict.
 
-    base / treated: {precision label: metrics dict as evaluate_variant writes it}.
+    base / treated: {precision label: metrics dict as evaluate_variant writes it}. Each row is one contrast
+    on its own (no family correction, alpha 0.05, tood.report.stats); tables.md judges it within its family
+    through `stats.precision_checks`.
     """
     rows = []
     for label, base_metrics in base.items():
         a, b = stat(base_metrics, "AP"), stat(treated[label], "AP")
-        delta, se = shift(a, b)
+        t = stats.welch(a.values, b.values, margin=0.5)
+        v = stats.verdict(paper_delta, t, t.p, t.p_tost, alpha=0.05)
         rows.append(
             {
                 "precision": label,
                 "base": a,
                 "treated": b,
-                "delta": delta,
-                "se": se,
-                "verdict": verdict("AP", paper_delta, delta, se, a.n, b.n),
+                "delta": t.delta,
+                "se": t.se,
+                "test": t,
+                "verdict": v,
             }
         )
     return rows
@@ -56,7 +61,8 @@ def comparison_rows(base: dict[str, dict], treated: dict[str, dict], paper_delta
 
 def shift(first: Stat, second: Stat) -> tuple[float, float]:
     """What changing precision moved: mean(second) - mean(first) and its Welch SE."""
-    return second.mean - first.mean, standard_error(first, second)
+    t = stats.welch(first.values, second.values)
+    return t.delta, t.se
 
 
 def precisions(metrics: dict) -> str:
@@ -141,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(
             f"{args.variants[1]} - {args.variants[0]} ({r['precision']}): "
-            f"{r['delta']:+.2f} ± {r['se']:.2f} (paper {args.paper_delta:+.1f}): {r['verdict']}"
+            f"{r['delta']:+.2f} ± {r['se']:.2f}, 95% CI {fmt_ci('AP', r['delta'], r['test'].ci95)}, "
+            f"p {stats.fmt_p(r['test'].p)} (paper {args.paper_delta:+.1f}): {r['verdict']}"
         )
     moved = rows[1]["delta"] - rows[0]["delta"]
     print(f"the contrast moved by {moved:+.2f} ± {(rows[0]['se'] ** 2 + rows[1]['se'] ** 2) ** 0.5:.2f}")

@@ -17,11 +17,11 @@ def metrics(aps: list[float], precision: str, device: str = "Some CPU") -> dict:
 
 def test_each_precision_gets_its_contrast_se_and_verdict():
     base = {"bf16": metrics([0.33, 0.34, 0.35], "bf16"), "fp32": metrics([0.34, 0.34, 0.34], "fp32")}
-    treated = {"bf16": metrics([0.31, 0.32, 0.33], "bf16"), "fp32": metrics([0.33, 0.34, 0.35], "fp32")}
+    treated = {"bf16": metrics([0.30, 0.31, 0.32], "bf16"), "fp32": metrics([0.33, 0.34, 0.35], "fp32")}
     bf16, fp32 = comparison_rows(base, treated, paper_delta=1.8)
-    # 32 - 34 = -2; Welch SE sqrt(1/3 + 1/3) = 0.816; |Δ| > 2·SE and against the paper's sign
-    assert bf16["delta"] == pytest.approx(-2.0) and bf16["se"] == pytest.approx(math.sqrt(2 / 3))
-    assert bf16["verdict"] == "contradicts"
+    # 31 - 34 = -3; Welch SE sqrt(1/3 + 1/3) = 0.816 on 4 df: t = 3.67, p = 0.021, against the paper's sign
+    assert bf16["delta"] == pytest.approx(-3.0) and bf16["se"] == pytest.approx(math.sqrt(2 / 3))
+    assert bf16["test"].p == pytest.approx(0.0213, abs=1e-4) and bf16["verdict"] == "contradicts"
     # 34 - 34 = 0: inconclusive whatever the SE
     assert fp32["delta"] == pytest.approx(0.0, abs=1e-9) and fp32["verdict"] == "inconclusive"
     moved, se = shift(stat(base["bf16"], "AP"), stat(base["fp32"], "AP"))
@@ -37,7 +37,7 @@ def test_precisions_lists_what_the_seeds_record():
 def test_compare_only_reads_both_folders_and_prints_the_shift(tmp_path, capsys):
     grid, new = tmp_path / "grid", tmp_path / "new"
     for folder, prec, base, treated in (
-        (grid, "bf16", [0.33, 0.34, 0.35], [0.31, 0.32, 0.33]),
+        (grid, "bf16", [0.33, 0.34, 0.35], [0.30, 0.31, 0.32]),
         (new, "fp32", [0.34, 0.34, 0.34], [0.33, 0.34, 0.35]),
     ):
         folder.mkdir()
@@ -47,7 +47,8 @@ def test_compare_only_reads_both_folders_and_prints_the_shift(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "a                    grid AP 34.0 ± 1.0 (n 3; 33.0, 34.0, 35.0) [bf16 on Some CPU]"
     assert out[1] == "a                    new  AP 34.0 ± 0.0 (n 3; 34.0, 34.0, 34.0) [fp32 on Some CPU]"
-    assert out[5] == "b                    new - grid: +2.00 ± 0.82"
-    assert out[6] == "b - a (grid): -2.00 ± 0.82 (paper +1.8): contradicts"
-    assert out[7] == "b - a (new): +0.00 ± 0.58 (paper +1.8): inconclusive"
-    assert out[8] == "the contrast moved by +2.00 ± 1.00"
+    assert out[5] == "b                    new - grid: +3.00 ± 0.82"
+    assert out[6] == "b - a (grid): -3.00 ± 0.82, 95% CI -3.0 [-5.3, -0.7], p 0.021 (paper +1.8): contradicts"
+    # one side has no spread: df = 2 (Welch), t(0.975, 2) = 4.30
+    assert out[7] == "b - a (new): +0.00 ± 0.58, 95% CI 0.0 [-2.5, +2.5], p 1.00 (paper +1.8): inconclusive"
+    assert out[8] == "the contrast moved by +3.00 ± 1.00"

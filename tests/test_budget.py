@@ -15,11 +15,13 @@ from tood.report import budget
 from tood.report.results import load_runs
 
 STEPS = [2, 4, 6, 8]
-# TEST-ONLY invented curves, AP in [0, 1] per step; each seed is the value ± 0.005 (as test_report's fakes),
-# so the SE of every 2-vs-2 delta is 0.71 AP and the verdict threshold 1.41 AP:
-#   thead_atss - parallel_atss  = -10, -5, 0, +3   (paper +1.9): contradicts, inconclusive, reproduces at
-#                                                 the last three points -> budget-dependent
-#   parallel_tal - parallel_atss = +1.5 everywhere (paper +1.1): reproduces at all of them -> stable
+# TEST-ONLY invented curves, AP in [0, 1] per step; the three seeds are the value + 0.005, - 0.005 and + 0 (as
+# test_report's fakes), so s = 0.5 AP and every 3-vs-3 delta has SE 0.41 AP on 4 df. The main family at a step
+# holds the two contrasts with curves (Holm over 2):
+#   thead_atss - parallel_atss  = -10, -5, 0, +3   (paper +1.9): p < 0.002 but at 0 -> contradicts,
+#                                 contradicts, inconclusive, reproduces -> budget-dependent
+#   parallel_tal - parallel_atss = +1.5 everywhere (paper +1.1): p 0.021 (x2 = 0.043 where the other is
+#                                 larger) -> reproduces at every step -> stable
 CURVES = {
     "parallel_atss": [0.30, 0.30, 0.30, 0.30],
     "thead_atss": [0.20, 0.25, 0.30, 0.33],
@@ -30,10 +32,10 @@ CURVES = {
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     """tables.md, summary.json and the runs of two-seed fake metrics, three variants with curves."""
-    tmp = make_inputs(tmp_path_factory.mktemp("budget"), [0, 1])
+    tmp = make_inputs(tmp_path_factory.mktemp("budget"), [0, 1, 2])
     for path in (tmp / "metrics").glob("*.json"):
         m = json.loads(path.read_text())
-        for seed, sign in zip(("0", "1"), (1, -1)):
+        for seed, sign in zip(("0", "1", "2"), (1, -1, 0)):
             m["seeds"][seed] |= {"precision": "bf16", "device": "Test CPU", "eval_device": "Test CPU"}
             m["seeds"][seed]["num_images"] = 512  # the evaluate stage's
             m["seeds"][seed] |= {"train_time_s": 90.0, "curve_time_s": 10.0} if seed == "0" else {}
@@ -58,7 +60,7 @@ def test_delta_and_se_per_step_on_hand_made_curves(report):
     points = budget.budget_points(budget._ablation("t1_af_thead"), runs)
     assert [p.step for p in points] == STEPS
     assert [p.delta for p in points] == pytest.approx([-10.0, -5.0, 0.0, 3.0])
-    assert all(p.se == pytest.approx(math.sqrt(0.5 / 2 + 0.5 / 2)) for p in points)  # s = 0.5·sqrt(2)
+    assert all(p.se == pytest.approx(math.sqrt(0.25 / 3 + 0.25 / 3)) for p in points)  # s = 0.5
     assert [p.verdict for p in points] == ["contradicts", "contradicts", "inconclusive", "reproduces"]
     assert budget.stability(points) == budget.DEPENDENT
     assert budget.stability_text(points) == (
@@ -98,16 +100,23 @@ def test_summary_opens_tables_md_one_line_per_claim(report):
     assert text.index("## Summary") < text.index("## Table 1")
     summary = section(text, "Summary")
     t1 = line_with(summary, "Table 1: T-Head beats the parallel head (ATSS, anchor-free)")
-    assert "| +3.0 ± 0.7 | +1.9 | **reproduces** | budget-dependent: contradicts → inconclusive" in t1
-    assert "`shapes`, R-18, 128x128, 12 epochs = 8 steps, n 2/2; bf16 on Test CPU" in t1
-    assert "| **reproduces** | stable: reproduces at steps 4, 6, 8 |" in line_with(summary, "Table 2: TAL")
+    # 3 seeds a side, +3.0 on 4 df: p 0.0018; Holm over the main family's 5 contrasts at the end: 0.0073
+    assert "| +1.9 | +3.0 [+1.9, +4.1] | 0.0018 / 0.0073 (main) | **reproduces** | 3/3; power: " in t1
+    assert "| budget-dependent: contradicts → inconclusive → reproduces at steps 4, 6, 8;" in t1
+    assert "`shapes`, R-18, 128x128, 12 epochs = 8 steps, n 3/3; bf16 on Test CPU" in t1
+    tal = line_with(summary, "Table 2: TAL")
+    assert (
+        "| 0.021 / 0.043 (main) | **reproduces** |" in tal
+        and "| stable: reproduces at steps 4, 6, 8 |" in tal
+    )
     assert "| no curve |" in line_with(summary, "Table 3: TOOD beats ATSS (anchor-based)")
     t6 = line_with(summary, "Table 6:")
-    assert "| +0.100 ± 0.007 | +0.044 | **reproduces** | end of training only" in t6
+    assert "| +0.044 | +0.100 [+0.089, +0.111] |" in t6 and "(alignment) | **reproduces** |" in t6
+    assert "| end of training only" in t6
     ab = line_with(summary, "Table 4: α=1, β=6 is the best cell")  # strongest other cell: a05_b4, -0.5
     assert (
-        "strongest other cell: (alpha=0.5, beta=4) - (alpha=1, beta=6) | -0.5 ± 0.7 | -0.2 | **inconclusive** |"
-        in ab
+        "strongest other cell: (alpha=0.5, beta=4) - (alpha=1, beta=6) | -0.2 | -0.5 [-1.6, +0.6] | 0.29 / 0.29 "
+        "(alpha_beta) | **inconclusive** |" in ab
     )
     assert len([x for x in summary.splitlines() if x.startswith("| Table")]) == 7
 
@@ -115,7 +124,10 @@ def test_summary_opens_tables_md_one_line_per_claim(report):
 def test_over_the_budget_section_summary_json_and_hardware(report):
     text, summary, *_ = report
     row = line_with(section(text, "Over the budget"), "T-Head - parallel (ATSS, anchor-free)")
-    assert "4: -5.0 ± 0.7 (contradicts)<br>6: 0.0 ± 0.7 (inconclusive)<br>8: +3.0 ± 0.7 (reproduces)" in row
+    assert (
+        "4: -5.0 [-6.1, -3.9] (contradicts)<br>6: 0.0 [-1.1, +1.1] (inconclusive)<br>8: +3.0 [+1.9, +4.1] (reproduces)"
+        in row
+    )
     assert summary["budget"]["t1_af_thead"]["stability"] == "budget-dependent"
     assert [p["verdict"] for p in summary["budget"]["t2_tal"]["points"]] == ["reproduces"] * 4
     assert summary["hardware"] == "bf16 on Test CPU"

@@ -220,3 +220,32 @@ def test_headline_takes_no_schedule():
     params["headline"]["schedule"] = 1.5
     with pytest.raises(ConfigError, match="headline.schedule"):
         _resolve(params)
+
+
+@pytest.mark.parametrize(
+    ("stats", "needle"),
+    [
+        ({"alpha": 0.7}, "stats.alpha: 0.7 is out of range; must be > 0.0 and <= 0.25"),
+        ({"margin_ap": 0}, "stats.margin_ap: 0.0 is out of range; must be > 0.0"),
+        ({"power": 1.0}, "stats.power: 1.0 is out of range"),
+        ({"margin": 0.5}, "stats.margin: unknown key (did you mean 'margin_ap'?)"),
+        (
+            {"precision_checks": "bench/precision/fp32"},
+            "stats.precision_checks: 'bench/precision/fp32' should be a list",
+        ),
+    ],
+)
+def test_stats_section_is_checked_and_named(stats, needle):
+    from tood.config import load_stats_config
+
+    with pytest.raises(ConfigError) as err:
+        load_stats_config({"stats": stats}, "params.yaml")
+    assert needle in str(err.value) and str(err.value).startswith("params.yaml: "), str(err.value)
+
+
+def test_stats_defaults_are_the_committed_ones():
+    from tood.config import StatsConfig, load_params, load_stats_config
+
+    committed = load_stats_config(load_params(REPO / "params.yaml"))
+    assert committed == StatsConfig(precision_checks=("bench/precision/fp32",))
+    assert load_stats_config({}) == StatsConfig()

@@ -17,13 +17,14 @@ from figure_layout import layout_problems
 from matplotlib.colors import to_rgb
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
+from scipy import stats as sps
 
 from pipeline.tabulate import main
 from tood.config import ConfigError, load_params, resolve_run_config, variant_names
 from tood.engine import evaluate
 from tood.report import figures, paper
 from tood.report.figures import mean_loss_curve, palette, plot_ablations, read_losses, switch_step
-from tood.report.results import ALIGN_KEYS, AP_KEYS, Runs, Stat, fmt_value, load_runs, standard_error, verdict
+from tood.report.results import ALIGN_KEYS, AP_KEYS, Runs, fmt_value, load_runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,7 +90,7 @@ def fake_metrics(params: dict, variant: str) -> dict:
     mean |= {k: v + (FAKE_ALIGN_TOOD[k] if variant == "tood" else 0.0) for k, v in FAKE_ALIGN.items()}
     spread = {k: FAKE_COUNT_HALF_SPREAD if k.startswith("n_") else FAKE_HALF_SPREAD for k in mean}
     spread["APs"] = 0.0  # -1 (no small objects) in every seed
-    sign = [1, -1] if len(seeds) > 1 else [0]
+    sign = [1, -1, 0] if len(seeds) > 1 else [0]  # 3 seeds: mean ± 0.5 AP and the mean, s = 0.5
     per_seed = {
         str(s): {k: v + sg * spread[k] for k, v in mean.items()} | {"mlflow_run_id": f"run-{variant}-{s}"}
         for s, sg in zip(seeds, sign)
@@ -161,44 +162,6 @@ def one_seed(tmp_path_factory) -> tuple[str, Path]:
 def two_seeds(tmp_path_factory) -> tuple[str, Path]:
     tmp = make_inputs(tmp_path_factory.mktemp("two_seeds"), [0, 1])
     return run_tabulate(tmp), tmp
-
-
-# ---------------------------------------------------------------------------------------------------
-# statistics: Welch SE of a difference of means, verdict at 2 SE (hand-worked numbers)
-
-
-def test_standard_error_is_welch_se_of_the_difference_of_means():
-    a, b = Stat("AP", (1.0, 2.0, 3.0)), Stat("AP", (4.0, 6.0))
-    assert (a.mean, a.var, b.mean, b.var) == (2.0, 1.0, 5.0, 2.0)
-    assert standard_error(a, b) == pytest.approx(math.sqrt(1 / 3 + 2 / 2))  # 1.1547
-    assert a.std == pytest.approx(1.0) and b.std == pytest.approx(math.sqrt(2))
-    # the spread of single runs (the old rule) stays at sqrt(1 + 2) = 1.73 however many seeds are added;
-    # the SE falls with n: the same spreads over three times the seeds give a third of the variance
-    a9, b6 = Stat("AP", (1.0, 2.0, 3.0) * 3), Stat("AP", (4.0, 6.0) * 3)
-    assert (a9.var, b6.var) == (pytest.approx(6 / 8), pytest.approx(6 / 5))
-    assert standard_error(a9, b6) == pytest.approx(math.sqrt(0.75 / 9 + 1.2 / 6))  # 0.532, was 1.155
-    assert math.isnan(standard_error(Stat("AP", (1.0,)), b))  # one seed: not measured
-
-
-@pytest.mark.parametrize(
-    "paper_d, delta, se, n_a, n_b, expected",
-    [
-        (1.9, 3.0, 1.1547, 3, 2, "reproduces"),  # 3.0 > 2 x 1.1547 = 2.31, the paper's sign
-        (-1.9, 3.0, 1.1547, 3, 2, "contradicts"),
-        (1.9, 1.0, 1.1547, 3, 2, "inconclusive"),  # same sign, within 2 SE
-        (1.9, -1.0, 1.1547, 3, 2, "inconclusive"),  # opposite sign, within 2 SE
-        (1.9, 1.4, 0.7, 3, 3, "inconclusive"),  # exactly 2 SE is not beyond it
-        (-0.3, -2.0, 0.0, 2, 2, "reproduces"),
-        (1.9, -0.04, 0.0, 2, 2, "inconclusive"),  # shows as 0.0: never a direction, even at SE 0
-        (1.9, 5.0, math.nan, 1, 3, "not measured"),  # one seed on a side: no verdict at all
-        (1.9, -5.0, math.nan, 3, 1, "not measured"),
-        (1.9, -0.04, math.nan, 1, 1, "not measured"),  # rounds to 0.0: never "direction opposite"
-        (1.9, math.nan, math.nan, 0, 3, "not measured"),  # e.g. PCC undefined in every seed of a side
-        (math.nan, 1.0, 0.1, 3, 3, "no paper number"),
-    ],
-)
-def test_verdict(paper_d, delta, se, n_a, n_b, expected):
-    assert verdict("AP", paper_d, delta, se, n_a, n_b) == expected
 
 
 def test_values_that_show_as_zero_have_no_sign():
@@ -288,12 +251,12 @@ def test_ours_on_paper_scale_and_deltas(one_seed):
     row = line_with(section(text, "Table 1"), "ATSS anchor-free, parallel head", "| 39.2 |")
     assert "| 39.2 | 30.0 | 57.4 | 50.0 | 42.2 | 25.0 | — | n/a |" in row  # APs: paper none, COCO -1 -> n/a
     delta = line_with(section(text, "Table 1"), "T-Head - parallel (ATSS, anchor-free)", "| AP |")
-    assert "| +1.9 | +3.0 ± n/a | 1 / 1 | 30.0 → 33.0 | not measured |" in delta
+    assert "| +1.9 | +3.0 [n/a] | n/a / n/a | main | 1 / 1 | 30.0 → 33.0 | not measured |" in delta
     both = line_with(section(text, "Table 6"), "both vs neither", "PCC")
-    assert "| +0.044 | +0.100 ± n/a |" in both  # 0.35 - 0.25 (invented) vs paper 0.452 - 0.408
+    assert "| +0.044 | +0.100 [n/a] |" in both  # 0.35 - 0.25 (invented) vs paper 0.452 - 0.408
     redundant = line_with(section(text, "Table 6"), "both vs neither", "#redundant")
-    assert "| -10,186 | -10 ± n/a |" in redundant  # paper 15,242 - 25,428; ours 30 - 40 (invented)
-    assert "| +5.0 ± n/a |" in line_with(section(text, "Table 3"), "TOOD - ATSS (anchor-free)", "| AP |")
+    assert "| -10,186 | -10 [n/a] |" in redundant  # paper 15,242 - 25,428; ours 30 - 40 (invented)
+    assert "| +5.0 [n/a] |" in line_with(section(text, "Table 3"), "TOOD - ATSS (anchor-free)", "| AP |")
 
 
 def test_single_seed_claims_no_direction(one_seed):
@@ -301,48 +264,129 @@ def test_single_seed_claims_no_direction(one_seed):
     t1 = section(text, "Table 1")
     assert line_with(t1, "anchor-free)", "| AP |").endswith("| not measured |")
     assert line_with(t1, "anchor-based)", "| AP |").endswith("| not measured |")  # -2.0: still no verdict
-    for word in ("reproduces", "contradicts", "inconclusive", "direction"):
-        assert f"| {word}" not in text, word
+    for word in ("reproduces", "contradicts", "inconclusive", "equivalent", "direction"):
+        assert f"| {word}" not in text and f"**{word}**" not in text, word
     assert "Ours rest on 1 seed per row: single runs, no spread and no SE." in t1
     assert "dataset `shapes`, ResNet-18, image scale 128x128, 12 epochs, seeds [0] for every variant" in text
     summary = json.loads((tmp / "summary.json").read_text())["ablations"]["t1_ab_thead"]["AP"]
     assert summary == {
         "paper_delta": 1.8, "delta": -2.0, "se": None, "n_a": 1, "n_b": 1, "verdict": "not measured",
+        "df": None, "ci95": [None, None], "ci90": [None, None], "p": None, "p_holm": None, "p_tost": None,
+        "p_tost_holm": None, "family": "main", "family_size": 0, "seeds_for_power": None,
     }  # fmt: skip
     assert "**not** the paper's setting" in text
     assert "`run-parallel_atss-0`" in line_with(section(text, "Which runs make each row"), "`parallel_atss`")
     assert "pipeline.mlflow_ui" in text and "127.0.0.1:5000" in text and "tood-ablations" in text
 
 
-def test_two_seeds_delta_se_n_per_seed_and_verdicts(two_seeds):
+def _welch_by_hand(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """p and 95% CI of mean(b) - mean(a), computed here from scipy.stats.t (not the report's code path)."""
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    delta, se = np.mean(b) - np.mean(a), math.sqrt(va + vb)
+    half = sps.t.ppf(0.975, df) * se
+    return 2 * sps.t.sf(abs(delta) / se, df), delta - half, delta + half
+
+
+def test_two_seeds_delta_ci_p_n_per_seed_and_verdicts(two_seeds):
     text, tmp = two_seeds
     row = line_with(section(text, "Table 1"), "ATSS anchor-free, parallel head", "| 39.2 |")
     assert "| `parallel_atss` | 2 | 39.2 | 30.0 ± 0.7 |" in row  # per seed 30.5, 29.5: s = 0.71
     t1, t3 = section(text, "Table 1"), section(text, "Table 3")
-    assert "| +3.0 ± 0.7 | 2 / 2 | 30.5, 29.5 → 33.5, 32.5 | reproduces |" in line_with(
-        t1, "anchor-free)", "| AP |"
-    )
-    assert "| -2.0 ± 0.7 | 2 / 2 | 29.5, 28.5 → 27.5, 26.5 | contradicts |" in line_with(
-        t1, "anchor-based)", "| AP |"
-    )
-    assert line_with(t3, "TOOD - ATSS (anchor-based)", "| AP |").endswith(
-        "| +0.2 ± 0.7 | 2 / 2 | 29.5, 28.5 → 29.7, 28.7 | inconclusive |"
-    )
+    # +3.0 with SE 0.71 on 2 df: t = 4.24, p = 0.051 alone (the 2·SE rule called it "reproduces")
+    p, lo, hi = _welch_by_hand([30.5, 29.5], [33.5, 32.5])
+    assert p == pytest.approx(0.0513, abs=1e-4) and (lo, hi) == pytest.approx((-0.04, 6.04), abs=0.01)
+    assert "| +3.0 [0.0, +6.0] | 0.051 / 0.21 | main | 2 / 2; " in line_with(t1, "anchor-free)", "| AP |")
+    assert line_with(t1, "anchor-free)", "| AP |").endswith("| 30.5, 29.5 → 33.5, 32.5 | inconclusive |")
+    assert line_with(t1, "anchor-based)", "| AP |").endswith("| 29.5, 28.5 → 27.5, 26.5 | inconclusive |")
+    assert "| +0.2 [-2.8, +3.2] |" in line_with(t3, "TOOD - ATSS (anchor-based)", "| AP |")
     t6 = section(text, "Table 6")
     assert "| 40 ± 2.8 |" in line_with(t6, "| parallel head + ATSS |", "0.408")  # 42, 38: s = 2.83
-    # -10 redundant boxes, SE = sqrt(8/2 + 8/2) = 2.83: beyond 2 SE, the paper's sign
-    assert "| -10 ± 2.8 | 2 / 2 | 42, 38 → 32, 28 | reproduces |" in line_with(
-        t6, "both vs neither", "#redundant"
-    )
+    assert "| alignment |" in line_with(t6, "both vs neither", "#redundant")
     assert "Ours: mean ± std over 2 seeds per row." in t1
     summary = json.loads((tmp / "summary.json").read_text())
     t1_ab = summary["ablations"]["t1_ab_thead"]["AP"]
-    assert t1_ab == {
-        "paper_delta": 1.8, "delta": -2.0, "se": pytest.approx(0.7071, abs=1e-4), "n_a": 2, "n_b": 2,
-        "verdict": "contradicts",
-    }  # fmt: skip
+    assert t1_ab["delta"] == -2.0 and t1_ab["se"] == pytest.approx(0.7071, abs=1e-4)
+    assert t1_ab["df"] == pytest.approx(2.0) and t1_ab["p"] == pytest.approx(
+        _welch_by_hand([29.5, 28.5], [27.5, 26.5])[0], abs=1e-4
+    )
+    assert (t1_ab["n_a"], t1_ab["n_b"], t1_ab["verdict"], t1_ab["family_size"]) == (2, 2, "inconclusive", 5)
     assert summary["variants"]["parallel_atss"]["AP"] == pytest.approx(30.0)
     assert summary["variants"]["parallel_atss"]["AP_per_seed"] == {"0": 30.5, "1": 29.5}
+
+
+@pytest.fixture(scope="module")
+def three_seeds(tmp_path_factory) -> tuple[str, Path]:
+    tmp = make_inputs(tmp_path_factory.mktemp("three_seeds"), [0, 1, 2])
+    return run_tabulate(tmp), tmp
+
+
+def test_three_seeds_verdicts_after_holm(three_seeds):
+    """Per seed mean + 0.5, - 0.5, + 0 AP: s = 0.5, SE of a 3-vs-3 delta 0.41 on 4 df. Main family p:
+    t3_af +5.0: 0.0003, t1_af +3.0: 0.002, t1_ab -2.0: 0.008, t2 +1.5: 0.021, t3_ab +0.2: 0.65; Holm x5, x4, x3,
+    x2, x1: every one but t3_ab below 0.05."""
+    text, tmp = three_seeds
+    summary = json.loads((tmp / "summary.json").read_text())["ablations"]
+    got = {
+        k: summary[k]["AP"]["verdict"]
+        for k in ("t1_af_thead", "t1_ab_thead", "t2_tal", "t3_af_tood", "t3_ab_tood")
+    }
+    assert got == {
+        "t1_af_thead": "reproduces", "t1_ab_thead": "contradicts", "t2_tal": "reproduces",
+        "t3_af_tood": "reproduces", "t3_ab_tood": "inconclusive",
+    }  # fmt: skip
+    p_t2 = _welch_by_hand([30.5, 29.5, 30.0], [32.0, 31.0, 31.5])[0]
+    assert summary["t2_tal"]["AP"]["p_holm"] == pytest.approx(2 * p_t2, abs=1e-4)  # the 4th smallest of 5
+    # Table 6's AP rows are the main contrasts: the same test, the same verdict
+    assert summary["t6_tal"]["AP"]["verdict"] == "reproduces" and summary["t6_tal"]["AP"]["family"] == "main"
+    line = line_with(section(text, "Summary"), "Table 2: TAL beats ATSS")
+    assert "| +1.1 | +1.5 [+0.4, +2.6] | 0.021 / 0.043 (main) | **reproduces** | 3/3; power: " in line
+    # every reproduces/contradicts: Holm p < alpha and a 95% CI that excludes 0 (issue 27's target)
+    for key, per_metric in summary.items():
+        for metric, c in per_metric.items():
+            if c["verdict"] in ("reproduces", "contradicts"):
+                assert c["p_holm"] < 0.05 and (c["ci95"][0] > 0 or c["ci95"][1] < 0), (key, metric)
+            if c["verdict"] == "equivalent":
+                assert -0.5 < c["ci90"][0] and c["ci90"][1] < 0.5, (key, metric)
+
+
+def test_a_wider_margin_declares_equivalence_and_a_precision_check_is_judged_in_the_family(tmp_path):
+    tmp = make_inputs(tmp_path, [0, 1, 2])
+    params = yaml.safe_load((tmp / "params.yaml").read_text())
+    fp32 = tmp / "fp32"
+    fp32.mkdir()
+    for v, shift in (("ab_parallel_atss", 0.0), ("ab_thead_atss", 0.019)):  # -2.0 in bf16, -0.1 in fp32
+        m = json.loads((tmp / "metrics" / f"{v}.json").read_text())
+        for r in m["seeds"].values():
+            r["AP"] += shift
+            r["precision"] = "fp32"
+        (fp32 / f"{v}.json").write_text(json.dumps(m))
+    params["stats"] = {"margin_ap": 2.0, "precision_checks": [str(fp32)]}
+    (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    text = run_tabulate(tmp)
+    summary = json.loads((tmp / "summary.json").read_text())
+    # +0.2, 90% CI [-0.67, +1.07] inside ±2: TOST p 0.006, x5 after Holm = 0.029 < 0.05
+    t3_ab = summary["ablations"]["t3_ab_tood"]["AP"]
+    assert t3_ab["verdict"] == "equivalent" and t3_ab["p_tost_holm"] == pytest.approx(0.029, abs=0.002)
+    assert summary["stats"]["margin_ap"] == 2.0 and summary["stats"]["precision_checks"] == ["fp32"]
+    line = line_with(section(text, "Summary"), "Table 1: T-Head beats the parallel head (ATSS, anchor-based)")
+    assert "| **contradicts** |" in line and "| changes in fp32: -0.1 [-1.2, +1.0], equivalent |" in line
+    assert "| not measured in another precision |" in line_with(section(text, "Summary"), "Table 2: TAL")
+
+
+def test_a_precision_check_on_other_seeds_is_left_out_with_its_reason(tmp_path):
+    tmp = make_inputs(tmp_path, [0, 1, 2])
+    fp32 = tmp / "fp32"
+    fp32.mkdir()
+    m = json.loads((tmp / "metrics" / "ab_thead_atss.json").read_text())
+    del m["seeds"]["2"]
+    for r in m["seeds"].values():
+        r["precision"] = "fp32"
+    (fp32 / "ab_thead_atss.json").write_text(json.dumps(m))
+    params = yaml.safe_load((tmp / "params.yaml").read_text()) | {"stats": {"precision_checks": [str(fp32)]}}
+    (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    text = run_tabulate(tmp)
+    assert "Left out of *Other precision*: `ab_thead_atss` in " in text and "seeds ['0', '1']" in text
 
 
 def test_headline_off_the_paper_cell(tmp_path):
@@ -364,7 +408,9 @@ def test_variants_missing_from_params_are_not_run(tmp_path):
     assert "| 39.2 | not run |" in line_with(
         section(text, "Table 1"), "ATSS anchor-free, parallel head", "| 39.2 |"
     )
-    assert "| +1.9 | — | — | — | not run |" in line_with(section(text, "Table 1"), "anchor-free)", "| AP |")
+    assert "| +1.9 | — | — | — | — | — | not run |" in line_with(
+        section(text, "Table 1"), "anchor-free)", "| AP |"
+    )
     assert (tmp_path / "fig" / "alpha_beta.png").stat().st_size > 5000
 
 
@@ -449,13 +495,13 @@ def test_alpha_beta_cells_on_fewer_seeds_say_so(tmp_path):
     assert "| `tood` (headline) | 2 | 42.5 | 35.0 ± 0.7 |" in line_with(t4, "| 1 | 6 |")
     assert "Ours rest on 1 to 2 seeds; column n gives each row's count." in t4
     cell = line_with(t4, "(alpha=0.5, beta=2) - (alpha=1, beta=6)", "| AP |")
-    assert cell.endswith("| -1.0 ± n/a | 2 / 1 | 35.5, 34.5 → 34.0 | not measured |")
+    assert cell.endswith("| -1.0 [n/a] | n/a / n/a | alpha_beta | 2 / 1 | 35.5, 34.5 → 34.0 | not measured |")
     assert "Ours: mean ± std over 2 seeds per row." in section(text, "Table 1")
     assert "seeds [0, 1] (own seeds: `a05_b2`, `a05_b4`, `a05_b6`, `a1_b8`, `a15_b8`: [0])" in text
     summary = json.loads((tmp / "summary.json").read_text())
-    assert summary["ablations"]["t4_a05_b2"]["AP"] | {"se": "x"} == {
-        "paper_delta": -0.1, "delta": -1.0, "se": "x", "n_a": 2, "n_b": 1, "verdict": "not measured",
-    }  # fmt: skip
+    cell = summary["ablations"]["t4_a05_b2"]["AP"]
+    assert (cell["paper_delta"], cell["delta"], cell["se"], cell["p"]) == (-0.1, -1.0, None, None)
+    assert (cell["n_a"], cell["n_b"], cell["verdict"], cell["family"]) == (2, 1, "not measured", "alpha_beta")
     assert summary["variants"]["a05_b2"]["n_seeds"] == 1 and summary["variants"]["tood"]["n_seeds"] == 2
 
 
@@ -651,3 +697,14 @@ def test_budget_curves_are_told_apart(full_grid, monkeypatch, tmp_path):
         drawn |= {line.get_label() for line in lines}
     assert drawn == set(runs.metrics)
     assert layout_problems(saved[0]) == []
+
+
+def test_a_missing_precision_check_folder_is_one_clear_error(tmp_path):
+    tmp = make_inputs(tmp_path, [0, 1, 2])
+    params = yaml.safe_load((tmp / "params.yaml").read_text()) | {"stats": {"precision_checks": ["no/such"]}}
+    (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.raises(SystemExit) as e:
+        run_tabulate(tmp)
+    msg = str(e.value)
+    assert "stats.precision_checks: 'no/such' is not a folder" in msg and msg.count("tabulate: error") == 1
+    assert not (tmp / "tables.md").exists()

@@ -388,6 +388,37 @@ class ExecutorConfig:
     slurm: SlurmExecutorConfig = field(default_factory=SlurmExecutorConfig)
 
 
+@dataclass(frozen=True)
+class StatsConfig:
+    """`stats`: how tabulate judges a contrast (tood/report/stats.py). Declared before looking at the verdicts.
+
+    alpha: the family-wise error rate of reproduces/contradicts (Holm over a family of claims) and the level of
+      each TOST (equivalent: its (1 - 2 alpha) CI inside +-margin_ap).
+    margin_ap: the equivalence margin in AP (0-100), for AP contrasts only.
+    power / ci_halfwidth_ap: what the seed plan aims at: seeds a side for `power` at the paper's delta, and for
+      a 95% CI half-width <= ci_halfwidth_ap.
+    precision_checks: folders written by `python -m bench.precision --out DIR` (variants trained again in
+      another precision at the grid's seeds); a contested contrast is judged again there.
+    """
+
+    alpha: float = 0.05
+    margin_ap: float = 0.5
+    power: float = 0.8
+    ci_halfwidth_ap: float = 1.0
+    precision_checks: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        _check_range(self, "alpha", lo=0.0, hi=0.25, lo_open=True)
+        _check_range(self, "margin_ap", lo=0.0, lo_open=True)
+        _check_range(self, "power", lo=0.5, hi=0.99)
+        _check_range(self, "ci_halfwidth_ap", lo=0.0, lo_open=True)
+
+
+def load_stats_config(params: dict[str, Any], where: str = "params") -> StatsConfig:
+    """The validated `stats` section (defaults where it is absent)."""
+    return from_dict(StatsConfig, params.get("stats") or {}, where, "stats")
+
+
 def load_executor_config(params: dict[str, Any], where: str = "params") -> ExecutorConfig:
     """The validated `executor` section (defaults where it is absent)."""
     return from_dict(ExecutorConfig, params.get("executor") or {}, where, "executor")
@@ -443,7 +474,7 @@ resolve_data_root = resolve_repo_path  # data.root is the main user of this rule
 
 
 _SECTIONS = ("shapes", "pretrain", "data", "model", "assign", "loss", "optim", "train", "eval")
-_TOP_LEVEL = {"alpha", "beta", "seeds", "trial", "headline", "variants", "executor", *_SECTIONS}
+_TOP_LEVEL = {"alpha", "beta", "seeds", "trial", "headline", "variants", "executor", "stats", *_SECTIONS}
 
 
 def load_params(path: str | Path) -> dict[str, Any]:
@@ -722,6 +753,7 @@ _SECTION_OF = {
     "EvalConfig": "eval",
     "LocalExecutorConfig": "executor.local",
     "SlurmExecutorConfig": "executor.slurm",
+    "StatsConfig": "stats",
 }
 
 

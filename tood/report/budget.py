@@ -1,12 +1,12 @@
-"""Verdicts over the budget (issue 16): the runs' budget curves -> Δ ± SE per step, stability, two figures,
+"""Verdicts over the budget (issue 16): the runs' budget curves -> Δ [95% CI] per step, stability, two figures,
 and the one-line-per-claim summary that opens tables.md.
 
 Input: each seed's "curve" in reports/metrics/<variant>.json (tood.engine.curve: AP of the run's weights
 after every `eval.curve_every_epochs`-th epoch and the last, with its step). A variant's curve is taken on
 the steps every one of its seeds measured; a contrast's on the steps both sides measured.
 
-At each step, Δ ± SE and the verdict follow tood.report.results exactly (Welch SE over seeds, verdict at
-2·SE against the paper's sign), so the last point on the evaluate stage's images is the tables' verdict.
+At each step, Δ, its 95% CI and the verdict follow tood.report.stats exactly (Welch's t over seeds, Holm within
+the contrast's family at that step, TOST), so the last point on the evaluate stage's images is the tables' verdict.
 A verdict *holds over the last part of training* ("stable") when it is the same at the last BUDGET_POINTS
 points of the curve; otherwise it is "budget-dependent": the run's own schedule changes the answer late, so
 the verdict describes this budget rather than the design (issue 16: T-Head + ATSS at 1,056 steps).
@@ -23,9 +23,21 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from tood.report import stats
 from tood.report.figures import _save, loss_groups, variant_colours
 from tood.report.paper import ABLATIONS, TABLE4_CHOSEN, Ablation
-from tood.report.results import DASH, Comparison, Runs, Stat, compare, fmt_value, standard_error, verdict
+from tood.report.results import (
+    DASH,
+    Comparison,
+    Runs,
+    Stat,
+    compare,
+    family_of,
+    fmt_ci,
+    fmt_value,
+    margin_for,
+    precision_checks,
+)
 
 BUDGET_POINTS = 3  # the "last part of training": the last 3 curve points (epochs 6, 9, 12 by default)
 MAIN_ABLATIONS = ("t1_af_thead", "t1_ab_thead", "t2_tal", "t3_af_tood", "t3_ab_tood")  # issue 10's five
@@ -69,26 +81,52 @@ class BudgetPoint:
     step: int
     delta: float  # mean(treated) - mean(baseline), AP 0-100
     se: float  # Welch SE (NaN below 2 seeds a side)
-    verdict: str  # tood.report.results.verdict at this step
+    verdict: str  # the family's verdict at this step (tood.report.stats, as the tables')
     base_ap: float = math.nan  # mean AP of each side at this step
     treated_ap: float = math.nan
+    ci95: tuple[float, float] = (math.nan, math.nan)
+    p_holm: float = math.nan
 
 
-def budget_points(ablation: Ablation, runs: Runs) -> list[BudgetPoint] | None:
-    """Δ ± SE and verdict of an ablation's AP at every step both sides measured; None without curves."""
+def _curves(ablation: Ablation, runs: Runs) -> tuple[VariantCurve, VariantCurve] | None:
     (base, _), (treated, _) = runs.ours(ablation.baseline), runs.ours(ablation.treated)
     if base is None or treated is None:
         return None
     ca, cb = variant_curve(base), variant_curve(treated)
-    if ca is None or cb is None:
+    return None if ca is None or cb is None else (ca, cb)
+
+
+def budget_points(ablation: Ablation, runs: Runs) -> list[BudgetPoint] | None:
+    """Δ, its CI and verdict of an ablation's AP at every step both sides measured; None without curves.
+
+    At each step the ablation is judged in its family (tood.report.results.family_of) on that step's values,
+    with Holm over the members measured at that step, so the last point on the evaluate stage's images is
+    the tables' verdict."""
+    own = _curves(ablation, runs)
+    if own is None:
         return None
-    paper_delta = ablation.paper_delta("AP")
+    family, members = family_of(ablation, "AP")
+    curves = {a.key: (a, c) for a, m in members if m == "AP" and (c := _curves(a, runs)) is not None}
+    own_key = next(
+        k
+        for k, (a, _) in curves.items()
+        if a.treated.variant == ablation.treated.variant and a.baseline.variant == ablation.baseline.variant
+    )
+    cfg = runs.stats
     points = []
-    for step in sorted(set(ca.steps) & set(cb.steps)):
+    for step in sorted(set(own[0].steps) & set(own[1].steps)):
+        tests, deltas = {}, {}
+        for key, (a, (ca, cb)) in curves.items():
+            if step in ca.steps and step in cb.steps:
+                sa, sb = ca.stat(ca.steps.index(step)), cb.stat(cb.steps.index(step))
+                tests[key] = stats.welch(sa.values, sb.values, margin_for("AP", cfg))
+                deltas[key] = a.paper_delta("AP")
+        j = stats.judge_family(tests, deltas, family, cfg.alpha, cfg.power)[own_key]
+        ca, cb = own
         a, b = ca.stat(ca.steps.index(step)), cb.stat(cb.steps.index(step))
-        delta, se = b.mean - a.mean, standard_error(a, b)
-        v = verdict("AP", paper_delta, delta, se, a.n, b.n)
-        points.append(BudgetPoint(step, delta, se, v, a.mean, b.mean))
+        points.append(
+            BudgetPoint(step, b.mean - a.mean, j.test.se, j.verdict, a.mean, b.mean, j.test.ci95, j.p_holm)
+        )
     return points or None
 
 
@@ -137,7 +175,7 @@ def stability_text(points: list[BudgetPoint] | None, k: int = BUDGET_POINTS) -> 
 
 
 def render_budget(runs: Runs) -> str:
-    """One row per main contrast: Δ ± SE and verdict at each of the last BUDGET_POINTS points."""
+    """One row per main contrast: Δ [95% CI] and verdict at each of the last BUDGET_POINTS points."""
     from tood.report.tables import md_table
 
     body = []
@@ -145,11 +183,11 @@ def render_budget(runs: Runs) -> str:
         ablation = _ablation(key)
         points = budget_points(ablation, runs)
         last = (points or [])[-BUDGET_POINTS:]
-        cells = [f"{p.step:,}: {_delta_text(p.delta, p.se)} ({p.verdict})" for p in last]
+        cells = [f"{p.step:,}: {fmt_ci('AP', p.delta, p.ci95)} ({p.verdict})" for p in last]
         body.append([ablation.name, "<br>".join(cells) or DASH, stability_text(points)])
     header = [
         "Contrast (AP)",
-        f"Δ ± SE at the last {BUDGET_POINTS} curve points (step: Δ, verdict)",
+        f"Δ [95% CI] at the last {BUDGET_POINTS} curve points (step: Δ, verdict)",
         "Verdict",
     ]
     note = (
@@ -181,12 +219,8 @@ def curve_images_text(runs: Runs) -> str:
         return text + ", the evaluate stage's: the last point's Δ is the Verdict column's."
     return (
         text + f" (the evaluate stage: {', '.join(map(str, sorted(evaluated))) or '?'}): the last point's Δ "
-        "can differ a little from the tables' and so, near the 2·SE threshold, its verdict."
+        "can differ a little from the tables' and so, near the threshold, its verdict."
     )
-
-
-def _delta_text(delta: float, se: float) -> str:
-    return f"{fmt_value('AP', delta, signed=True)} ± {'n/a' if math.isnan(se) else fmt_value('AP', se)}"
 
 
 def _ablation(key: str) -> Ablation:
@@ -243,6 +277,10 @@ def _alpha_beta_claim(runs: Runs) -> Claim:
     verdicts = {c.verdict for c in comps}
     if verdicts == {"reproduces"}:
         overall = "reproduces"
+    elif verdicts == {
+        "equivalent"
+    }:  # every cell within the margin of (1, 6): the choice does not matter here
+        overall = "equivalent"
     elif "contradicts" in verdicts:
         overall = "contradicts"
     elif verdicts & {"not measured", "not run"}:
@@ -277,6 +315,32 @@ def hardware_text(*metrics: dict[str, Any]) -> str:
     return "; ".join(f"{p or '?'} on {d or 'an unrecorded device'}" for p, d in combos)
 
 
+def precision_text(comp: Comparison, runs: Runs) -> str:
+    """Whether a contrast's verdict holds when its two variants are trained again in another precision at the
+    same seeds (`stats.precision_checks`), the rest of its family as in the grid."""
+    checks = precision_checks(comp.ablation, runs) if comp.metric == "AP" else []
+    if not checks:
+        return "not measured in another precision"
+    parts = []
+    for label, j in checks:
+        word = "holds" if j.verdict == comp.verdict else "changes"
+        parts.append(f"{word} in {label}: {fmt_ci('AP', j.test.delta, j.test.ci95)}, {j.verdict}")
+    return "; ".join(parts)
+
+
+def seeds_text(comp: Comparison, runs: Runs) -> str:
+    """Seeds a side now, for 80% power at the paper's Δ, and for a 95% CI half-width <= stats.ci_halfwidth_ap."""
+    t, j = comp.test, comp.judgement
+    if t is None or not t.measured:
+        return DASH
+    power = stats.fmt_seeds_needed(j.seeds_power)
+    text = f"{t.n_a}/{t.n_b}; power: {power}"
+    if comp.metric == "AP":
+        h = runs.stats.ci_halfwidth_ap
+        text += f"; CI ±{h:g}: {stats.fmt_seeds_needed(stats.seeds_for_halfwidth(t.sd_a, t.sd_b, h))}"
+    return text
+
+
 def render_summary(runs: Runs) -> str:
     from tood.report.tables import md_table
 
@@ -284,24 +348,46 @@ def render_summary(runs: Runs) -> str:
     for c in claims(runs):
         comp = c.comparison
         if comp is None or math.isnan(comp.delta):
-            ours, paper_d = (
-                DASH,
-                DASH if comp is None else fmt_value(comp.metric, comp.paper_delta, signed=True),
-            )
-        else:
-            se = "n/a" if math.isnan(comp.se) else fmt_value(comp.metric, comp.se)
-            ours = f"{fmt_value(comp.metric, comp.delta, signed=True)} ± {se}"
-            paper_d = fmt_value(comp.metric, comp.paper_delta, signed=True)
-        t4 = comp is not None and comp.ablation.key.startswith("t4_")
+            paper_d = DASH if comp is None else fmt_value(comp.metric, comp.paper_delta, signed=True)
+            body.append([c.label, paper_d, DASH, DASH, f"**{c.verdict}**", DASH, c.budget, DASH, c.setting])
+            continue
+        t4 = comp.ablation.key.startswith("t4_")
         shown = f"; strongest other cell: {comp.ablation.name}" if t4 else ""
-        body.append([c.label + shown, ours, paper_d, f"**{c.verdict}**", c.budget, c.setting])
-    header = ["Paper claim", "Ours Δ ± SE", "Paper Δ", "Verdict", "Over the budget", "Holds for"]
+        t = comp.test
+        p = f"{stats.fmt_p(t.p)} / {stats.fmt_p(comp.judgement.p_holm)} ({comp.judgement.family})"
+        body.append(
+            [
+                c.label + shown,
+                fmt_value(comp.metric, comp.paper_delta, signed=True),
+                fmt_ci(comp.metric, comp.delta, t.ci95),
+                p,
+                f"**{c.verdict}**",
+                seeds_text(comp, runs),
+                c.budget,
+                precision_text(comp, runs),
+                c.setting,
+            ]
+        )
+    header = ["Paper claim", "Paper Δ", "Ours Δ [95% CI]", "p / Holm p (family)", "Verdict"]
+    header += [
+        "Seeds a side: now; 80% power; CI half-width",
+        "Over the budget",
+        "Other precision",
+        "Holds for",
+    ]
+    cfg = runs.stats
     note = (
-        "Verdicts at 2·SE as below; *over the budget*: the same verdict at the last "
-        f"{BUDGET_POINTS} points of the runs' budget curves (*stable*) or not (*budget-dependent*: the "
-        "verdict measures how fast each side learns at this budget, not which design is better). Table 4's "
-        "line shows the strongest other cell, (cell) − (α=1, β=6); its verdict needs every cell measured."
+        f"Verdicts as below (α = {cfg.alpha:g} after Holm within each family; *equivalent*: TOST at ±"
+        f"{cfg.margin_ap:g} AP). *Seeds*: seeds a side now, then what {cfg.power:.0%} power at the paper's Δ "
+        f"would need (pooled std, α/k) and what a 95% CI half-width ≤ {cfg.ci_halfwidth_ap:g} AP would "
+        f"need. *Over the budget*: the same verdict at the last {BUDGET_POINTS} points of the runs' budget "
+        "curves (*stable*) or not (*budget-dependent*: the verdict measures how fast each side learns at this "
+        "budget, not which design is better). *Other precision*: the contrast trained again at the same seeds "
+        "in another precision (`stats.precision_checks`), judged in the same family. Table 4's line shows "
+        "the strongest other cell, (cell) − (α=1, β=6); its verdict needs every cell measured."
     )
+    if runs.precision_skipped:
+        note += " Left out of *Other precision*: " + "; ".join(runs.precision_skipped) + "."
     return "## Summary: the paper's claims at this budget\n\n" + md_table(header, body) + "\n\n" + note
 
 
@@ -380,7 +466,7 @@ def plot_budget_curves(runs: Runs, path: Path) -> list[str]:
 
 
 def plot_budget_deltas(runs: Runs, path: Path) -> None:
-    """Δ AP vs step per main contrast with its ±2·SE band (the verdict threshold) and the paper's Δ."""
+    """Δ AP vs step per main contrast with its 95% CI band (Welch's t) and the paper's Δ."""
     fig = Figure(figsize=(15, 3.6))
     axes = fig.subplots(1, len(MAIN_ABLATIONS), sharey=True)
     for ax, key in zip(axes, MAIN_ABLATIONS):
@@ -395,9 +481,9 @@ def plot_budget_deltas(runs: Runs, path: Path) -> None:
             continue
         steps = np.array([p.step for p in points])  # (T,)
         delta = np.array([p.delta for p in points])  # (T,)
-        se = np.array([p.se for p in points])  # (T,) NaN below 2 seeds a side
+        lo, hi = np.array([p.ci95 for p in points]).T  # (T,) each; NaN below 2 seeds a side
         ax.plot(steps, delta, marker="o", ms=3, color="tab:blue", label="ours Δ")
-        ax.fill_between(steps, delta - 2 * se, delta + 2 * se, color="tab:blue", alpha=0.2, label="± 2·SE")
+        ax.fill_between(steps, lo, hi, color="tab:blue", alpha=0.2, label="95% CI (Welch t)")
     axes[0].set_ylabel("Δ AP (treated − baseline)")
     axes[0].legend(fontsize=7)
     _save(fig, path)

@@ -2,7 +2,7 @@
 the top-m sweep of TAL. Rendered only when params.yaml lists one of its variants (`present`): the default grid's
 tables.md and summary.json do not change.
 
-Numbers and verdicts come from tood.report.results (Δ ± Welch SE, verdict at 2·SE) and tood.report.budget
+Numbers come from tood.report.results, tests and verdicts from tood.report.stats (Welch's t, Holm, TOST) and tood.report.budget
 (over the budget); the paper's rows from tood.report.paper (TABLE2_FULL, EXTENDED_ABLATIONS, TOPK_ROWS).
 """
 
@@ -12,9 +12,9 @@ import math
 from typing import Any
 
 from tood.config import HEADLINE
-from tood.report import budget, paper
+from tood.report import budget, paper, stats
 from tood.report.paper import EXTENDED_ABLATIONS, EXTENDED_VARIANTS, TABLE2_FULL, TOPK_AP_RANGE, TOPK_ROWS
-from tood.report.results import DASH, Runs, compare, fmt_value, standard_error, stat
+from tood.report.results import DASH, Runs, compare, comparison_json, fmt_ci, fmt_value, stat
 
 TOPK_SPREAD = TOPK_AP_RANGE[1] - TOPK_AP_RANGE[0]  # 0.5 AP: the paper's five m lie within 42.0-42.5
 KEYS = ("AP", "AP50", "AP75")
@@ -106,32 +106,30 @@ def render_budget_column(runs: Runs) -> str:
 
 
 def topk_rows(runs: Runs) -> list[dict[str, Any]]:
-    """Per m: our AP stat and its Δ ± SE against m = 13 with the spread verdict (`topk_verdict`)."""
+    """Per m: our AP stat and its test against m = 13, judged as one family (Holm over the measured m):
+    TOST within ±TOPK_SPREAD (the paper's 42.0-42.5 range) -> "equivalent"; a Holm-significant difference ->
+    "different"; else "inconclusive" (tood.report.stats, with no paper direction)."""
     (ref, _) = runs.ours(TOPK_ROWS[paper.TOPK_VALUES.index(paper.TOPK_CHOSEN)])
-    out = []
+    out, tests = [], {}
     for row in TOPK_ROWS:
         ours, why = runs.ours(row)
         item: dict[str, Any] = {"row": row, "ours": ours, "why": why, "delta": math.nan, "se": math.nan}
         if ours is not None and ref is not None and row.variant != HEADLINE:
             a, b = stat(ref, "AP"), stat(ours, "AP")
-            item |= {"delta": b.mean - a.mean, "se": standard_error(a, b), "n": (a.n, b.n)}
-            item["verdict"] = topk_verdict(item["delta"], item["se"], a.n, b.n)
-            item["per_seed"] = f"{a.fmt_seeds()} → {b.fmt_seeds()}"
+            tests[row.variant] = stats.welch(a.values, b.values, TOPK_SPREAD)
+            item |= {
+                "delta": b.mean - a.mean,
+                "n": (a.n, b.n),
+                "per_seed": f"{a.fmt_seeds()} → {b.fmt_seeds()}",
+            }
         out.append(item)
+    cfg = runs.stats
+    judged = stats.judge_family(tests, {}, "topk", cfg.alpha, cfg.power)
+    for item in out:
+        j = judged.get(item["row"].variant)
+        if j is not None:
+            item |= {"se": j.test.se, "judgement": j, "verdict": j.verdict}
     return out
-
-
-def topk_verdict(delta: float, se: float, n_a: int, n_b: int, spread: float = TOPK_SPREAD) -> str:
-    """The paper's claim is a bound, not a direction: every m within 0.5 AP of the others. "within" when
-    |Δ| + 2·SE <= spread, "outside" when |Δ| - 2·SE > spread, otherwise "inconclusive"; below two seeds a
-    side, "not measured" (as tood.report.results.verdict)."""
-    if n_a < 2 or n_b < 2 or math.isnan(se) or math.isnan(delta):
-        return "not measured"
-    if abs(delta) + 2 * se <= spread:
-        return "within"
-    if abs(delta) - 2 * se > spread:
-        return "outside"
-    return "inconclusive"
 
 
 def render_topk(runs: Runs) -> str:
@@ -145,25 +143,27 @@ def render_topk(runs: Runs) -> str:
         n = str(len(runs.seeds[row.variant])) if ours is not None else DASH
         cells = [str(row.config["topk"]), variant, n, paper_ap]
         cells += [stat(ours, k).fmt() if ours is not None else item["why"] for k in KEYS]
-        if math.isnan(item["delta"]):
-            cells += [DASH, DASH, "reference" if row.variant == HEADLINE else DASH]
+        if "judgement" not in item:
+            cells += [DASH, DASH, DASH, "reference" if row.variant == HEADLINE else DASH]
         else:
-            se = "n/a" if math.isnan(item["se"]) else fmt_value("AP", item["se"])
+            j = item["judgement"]
             cells += [
-                f"{fmt_value('AP', item['delta'], signed=True)} ± {se}",
+                fmt_ci("AP", item["delta"], j.test.ci95),
+                f"{stats.fmt_p(j.p_tost_holm)} / {stats.fmt_p(j.p_holm)}",
                 item["per_seed"],
                 item["verdict"],
             ]
         body.append(cells)
         measured += [row.variant] if ours is not None else []
-    header = ["m", "Variant", "n", "AP paper", "AP ours", "AP50 ours", "AP75 ours", "Δ AP vs m=13 ± SE"]
-    header += ["Per seed (m=13 → m)", f"Within the paper's {TOPK_SPREAD:.1f} AP?"]
+    header = ["m", "Variant", "n", "AP paper", "AP ours", "AP50 ours", "AP75 ours", "Δ AP vs m=13 [95% CI]"]
+    header += ["Holm p: TOST / difference", "Per seed (m=13 → m)", f"Within ±{TOPK_SPREAD:.1f} AP of m=13?"]
     note = (
         f"The paper (§4.1) gives no AP per m, only that m ∈ {{5, 9, 13, 17, 21}} all land in "
         f"{TOPK_AP_RANGE[0]:.1f}–{TOPK_AP_RANGE[1]:.1f} AP and that m = 13 is used: a bound, not a "
-        f"direction. Verdict: *within* when |Δ| + 2·SE ≤ {TOPK_SPREAD:.1f} (our m changes AP no more than "
-        f"the paper's did), *outside* when |Δ| − 2·SE > {TOPK_SPREAD:.1f}, else *inconclusive*; fewer than "
-        "2 seeds a side: *not measured*. Every m is T-Head + TAL, anchor-free, α=1, β=6; m = 13 is the "
+        f"direction. Each m against m = 13 in one family (Holm): *equivalent* when TOST within ±{TOPK_SPREAD:.1f} "
+        "AP has Holm p < α (our m changes AP no more than the paper's range allows), *different* when Welch's "
+        "t has Holm p < α, else *inconclusive*; fewer than 2 seeds a side: *not measured*. Every m is T-Head + "
+        "TAL, anchor-free, α=1, β=6; m = 13 is the "
         "headline run, on its row only when the top-level α, β are 1, 6."
     )
     return md_table(header, body) + "\n\n" + seeds_note(measured, runs) + " " + note
@@ -193,20 +193,17 @@ def render_extended(runs: Runs) -> str:
 
 def summary_json(runs: Runs) -> dict[str, Any]:
     """summary.json's "extended" entry: each contrast's Δ, SE, n, verdict (AP 0-100) and the top-m sweep."""
-    ablations = {
-        a.key: {
-            c.metric: {"paper_delta": _num(c.paper_delta), "delta": _num(c.delta), "se": _num(c.se)}
-            | {"n_a": c.n_a, "n_b": c.n_b, "verdict": c.verdict}
-            for c in compare(a, runs)
-        }
-        for a in EXTENDED_ABLATIONS
-    }
+    ablations = {a.key: {c.metric: comparison_json(c) for c in compare(a, runs)} for a in EXTENDED_ABLATIONS}
     topk = {}
     for item in topk_rows(runs):
         m = item["row"].config["topk"]
         ap = stat(item["ours"], "AP").mean if item["ours"] is not None else math.nan
         topk[str(m)] = {"variant": item["row"].variant, "AP": _num(ap), "delta": _num(item["delta"])}
         topk[str(m)] |= {"se": _num(item["se"]), "verdict": item.get("verdict")}
+        if "judgement" in item:
+            j = item["judgement"]
+            topk[str(m)] |= {"ci95": [_num(x) for x in j.test.ci95], "p_holm": _num(j.p_holm)}
+            topk[str(m)] |= {"p_tost_holm": _num(j.p_tost_holm)}
     return {"ablations": ablations, "topk": topk, "topk_paper_AP_range": list(TOPK_AP_RANGE)}
 
 

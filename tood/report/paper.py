@@ -303,3 +303,18 @@ TOPK_ROWS = tuple(
 EXTENDED_VARIANTS = frozenset(
     [r.row.variant for r in TABLE2_FULL if r.row is not None] + [r.variant for r in TOPK_ROWS]
 ) - {row.variant for row in ALL_ROWS}
+
+# ---------------------------------------------------------------------------------------------------
+# Issue 27: the families of claims judged together (tood.report.stats: Holm within a family). A comparison
+# belongs to the first family holding the same test (baseline variant, treated variant, metric), so Table 6's
+# AP rows are judged as the main contrasts they repeat, and Table 2's TAL - ATSS in the extended tables as
+# in the default's. Each family holds the claims one question of the paper rests on.
+MAIN_CONTRASTS = ("t1_af_thead", "t1_ab_thead", "t2_tal", "t3_af_tood", "t3_ab_tood")
+FAMILIES: dict[str, tuple[tuple[str, str], ...]] = {
+    "main": tuple((key, "AP") for key in MAIN_CONTRASTS),  # the summary's five AP contrasts
+    "alpha_beta": tuple((a.key, "AP") for a in ABLATIONS if a.key.startswith("t4_")),  # Table 4's cells
+    "alignment": tuple(  # Table 6's alignment metrics (its AP rows are the main family's)
+        (a.key, m) for a in ABLATIONS if a.key.startswith("t6_") for m in ALIGNMENT_METRICS if m != "AP"
+    ),
+    "table2": tuple((a.key, "AP") for a in EXTENDED_ABLATIONS if a.key != "t2_tal"),  # the extended grid
+}

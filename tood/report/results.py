@@ -26,13 +26,21 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tood.config import ConfigError, resolve_run_config, variant_names
-from tood.report import paper
+from tood.config import (
+    ConfigError,
+    StatsConfig,
+    load_stats_config,
+    resolve_repo_path,
+    resolve_run_config,
+    variant_names,
+)
+from tood.report import paper, stats
 from tood.report.paper import TABLE4, Ablation, PaperRow
+from tood.report.stats import Judgement, Welch
 
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCO AP in [0, 1] in the metrics files
 # = tood.engine.evaluate.ALIGN_KEYS
@@ -41,7 +49,7 @@ METRIC_KEYS = AP_KEYS + ALIGN_KEYS
 SETTING_KEYS = ("dataset", "depth", "img_scale", "epochs")
 SWITCHES = ("head", "assigner", "anchor", "alpha", "beta", "topk", "tap", "cls_target")  # checked vs params
 COMPLEXITY_KEYS = ("head_params", "params", "all_params", "head_gflops", "gflops")
-VERDICTS = ("reproduces", "contradicts", "inconclusive", "not measured", "not run", "no paper number")
+VERDICTS = (*stats.VERDICTS, "not run", "no paper number")
 DASH = "—"
 
 
@@ -68,6 +76,14 @@ def fmt_value(key: str, x: float | None, signed: bool = False) -> str:
     if float(text.replace(",", "")) == 0:
         return text.lstrip("-")  # a value that shows as zero has no sign: never "-0.0"
     return f"+{text}" if signed and x > 0 else text
+
+
+def fmt_ci(key: str, delta: float, ci: tuple[float, float]) -> str:
+    """Δ with its confidence interval, e.g. "-1.5 [-3.0, +0.1]"; the interval "n/a" when not measured."""
+    if math.isnan(ci[0]):
+        return f"{fmt_value(key, delta, signed=True)} [n/a]"
+    lo, hi = (fmt_value(key, x, signed=True) for x in ci)
+    return f"{fmt_value(key, delta, signed=True)} [{lo}, {hi}]"
 
 
 def displays_as_zero(key: str, x: float) -> bool:
@@ -136,6 +152,12 @@ class Runs:
     switches: dict[str, dict[str, Any]]
     seeds: dict[str, tuple[int, ...]]  # variant -> its seeds (its own `seeds:` or the top-level list)
     trial: bool = False  # params.yaml `trial: true`: a try-out whose tables support no conclusions
+    stats: StatsConfig = field(
+        default_factory=StatsConfig
+    )  # params.yaml `stats:`: alpha, margin, seed-plan targets
+    # `stats.precision_checks`: precision label -> variant -> metrics of the same seeds in that precision
+    precision: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    precision_skipped: tuple[str, ...] = ()  # metrics there that no longer match the grid, and why
 
     def ours(self, row: PaperRow) -> tuple[dict[str, Any] | None, str]:
         """Our metrics for a paper row, or None and why ("not run ...") when no run sits on that row."""
@@ -182,7 +204,46 @@ def load_runs(params: dict[str, Any], metrics_dir: Path, where: str = "params.ya
         switches[v] |= {"epochs": cfg.train.epochs, "schedule": cfg.train.epochs / shared_epochs}
         seeds[v] = cfg.seeds
     metrics = {v: _read_metrics(paths[v], v, switches[v], seeds[v], where) for v in variants}
-    return Runs(metrics, switches, seeds, trial_flag(params, where))
+    cfg = load_stats_config(params, where)
+    precision, skipped = {}, []
+    for folder in cfg.precision_checks:
+        label, checked, left_out = _read_precision_check(folder, metrics, switches, seeds, where)
+        precision[label] = checked
+        skipped += left_out
+    return Runs(metrics, switches, seeds, trial_flag(params, where), cfg, precision, tuple(skipped))
+
+
+def _read_precision_check(
+    folder: str, metrics: dict[str, dict], switches: dict, seeds: dict[str, tuple[int, ...]], where: str
+) -> tuple[str, dict[str, dict], list[str]]:
+    """One `stats.precision_checks` folder (bench.precision --out): the metrics of listed variants measured in
+    the grid's setting at its seeds, the one precision they record, and why any other file there was left out
+    (another seed list or setting: after a change of params.yaml the check no longer matches the grid)."""
+    path = resolve_repo_path(folder)
+    if not path.is_dir():
+        raise ReportError(f"{where}: stats.precision_checks: {folder!r} is not a folder")
+    checked, skipped = {}, []
+    for v, sw in switches.items():
+        file = path / f"{v}.json"
+        if not file.is_file():
+            continue
+        try:
+            m = _read_metrics(file, v, sw, seeds[v], where)
+        except ReportError as e:
+            skipped.append(f"`{v}` in {folder}: {str(e).split(': ', 1)[-1]}")
+            continue
+        other = [k for k in SETTING_KEYS if m["setting"][k] != metrics[v]["setting"][k]]
+        if other:
+            skipped.append(f"`{v}` in {folder}: measured with another {', '.join(other)} than the grid")
+            continue
+        checked[v] = m
+    labels = {r.get("precision") for m in checked.values() for r in m["seeds"].values()}
+    if len(labels) > 1 or None in labels:
+        raise ReportError(
+            f"{where}: stats.precision_checks: {folder!r} mixes precisions {sorted(map(str, labels))}: keep "
+            "one precision per folder"
+        )
+    return (labels.pop() if labels else folder), checked, skipped
 
 
 def _read_metrics(path: Path, variant: str, switches: dict, seeds: tuple[int, ...], where: str) -> dict:
@@ -213,29 +274,60 @@ def _read_metrics(path: Path, variant: str, switches: dict, seeds: tuple[int, ..
 
 
 # ---------------------------------------------------------------------------------------------------
-# comparisons
+# comparisons: every test, CI and verdict comes from tood.report.stats
 
 
-def standard_error(a: Stat, b: Stat) -> float:
-    """Welch's SE of mean_b - mean_a: sqrt(s_a^2/n_a + s_b^2/n_b); NaN when either side has < 2 seeds."""
-    if a.n < 2 or b.n < 2:
-        return math.nan
-    return math.sqrt(a.var / a.n + b.var / b.n)
+def family_of(ablation: Ablation, metric: str) -> tuple[str, list[tuple[Ablation, str]]]:
+    """The family (paper.FAMILIES) a comparison is judged in and its members; a comparison repeating a
+    family member's test (same two variants, same metric) takes that family. One outside every family is a
+    family of its own."""
+    by_key = {a.key: a for a in (*paper.ABLATIONS, *paper.EXTENDED_ABLATIONS)}
+    ident = (ablation.baseline.variant, ablation.treated.variant, metric)
+    for name, members in paper.FAMILIES.items():
+        ablations = [(by_key[k], m) for k, m in members]
+        if any((a.baseline.variant, a.treated.variant, m) == ident for a, m in ablations):
+            return name, ablations
+    return ablation.key, [(ablation, metric)]
 
 
-def verdict(key: str, paper_delta: float, delta: float, se: float, n_a: int, n_b: int) -> str:
-    """One of VERDICTS for our delta against the paper's, at 2 SE (rule in the module docstring).
+def margin_for(metric: str, cfg: StatsConfig) -> float | None:
+    """The equivalence margin: `stats.margin_ap` for AP; none for the alignment metrics (no declared unit)."""
+    return cfg.margin_ap if metric == "AP" else None
 
-    A zero paper delta has no direction to reproduce and reads like a missing one. "not run" (a side has
-    no run at all) is decided by Comparison; here a NaN delta (no defined value on a side) is not measured.
-    """
-    if math.isnan(paper_delta) or paper_delta == 0:
-        return "no paper number"
-    if n_a < 2 or n_b < 2 or math.isnan(se) or math.isnan(delta):
-        return "not measured"
-    if displays_as_zero(key, delta) or abs(delta) <= 2 * se:
-        return "inconclusive"
-    return "reproduces" if (delta > 0) == (paper_delta > 0) else "contradicts"
+
+def welch_of(ablation: Ablation, metric: str, runs: Runs) -> Welch | None:
+    """The t-test of one comparison on the grid's seeds; None when a side has no run."""
+    (base, _), (treated, _) = runs.ours(ablation.baseline), runs.ours(ablation.treated)
+    if base is None or treated is None:
+        return None
+    a, b = stat(base, metric), stat(treated, metric)
+    return stats.welch(a.values, b.values, margin_for(metric, runs.stats))
+
+
+def judge(ablation: Ablation, metric: str, runs: Runs, substitute: dict | None = None) -> Judgement | None:
+    """The comparison judged in its family (Holm over the family's measured members); None when not run.
+
+    substitute: {(ablation key, metric): Welch} replacing members' tests, e.g. the same contrast trained in
+    another precision, so that it is judged as it would have been in the grid."""
+    family, members = family_of(ablation, metric)
+    tests, deltas = {}, {}
+    for a, m in members:
+        t = (substitute or {}).get((a.key, m)) or welch_of(a, m, runs)
+        if t is not None:
+            tests[(a.key, m)], deltas[(a.key, m)] = t, a.paper_delta(m)
+    own = next(
+        (
+            (a.key, m)
+            for a, m in members
+            if (a.baseline.variant, a.treated.variant, m)
+            == (ablation.baseline.variant, ablation.treated.variant, metric)
+        ),
+        None,
+    )
+    if own not in tests:
+        return None
+    cfg = runs.stats
+    return stats.judge_family(tests, deltas, family, cfg.alpha, cfg.power)[own]
 
 
 @dataclass(frozen=True)
@@ -245,16 +337,19 @@ class Comparison:
     paper_delta: float
     base: Stat | None  # None when that side was not run
     treated: Stat | None
+    judgement: Judgement | None = None  # None when a side was not run
 
     @property
     def delta(self) -> float:
         return math.nan if self.base is None or self.treated is None else self.treated.mean - self.base.mean
 
     @property
+    def test(self) -> Welch | None:
+        return None if self.judgement is None else self.judgement.test
+
+    @property
     def se(self) -> float:
-        return (
-            math.nan if self.base is None or self.treated is None else standard_error(self.base, self.treated)
-        )
+        return math.nan if self.test is None else self.test.se
 
     @property
     def n_a(self) -> int:
@@ -266,20 +361,64 @@ class Comparison:
 
     @property
     def verdict(self) -> str:
-        if self.base is None or self.treated is None:
+        """One of VERDICTS: "not run" when a side has no run, "no paper number" when the paper gives no
+        direction, else the family's verdict (tood.report.stats)."""
+        if self.judgement is None:
             return "not run"
-        return verdict(self.metric, self.paper_delta, self.delta, self.se, self.n_a, self.n_b)
+        if math.isnan(self.paper_delta) or self.paper_delta == 0:
+            return "no paper number"
+        return self.judgement.verdict
 
 
 def compare(ablation: Ablation, runs: Runs) -> list[Comparison]:
-    """Paper delta vs our delta (treated - baseline) for each metric of an ablation."""
+    """Paper delta vs our delta (treated - baseline) for each metric of an ablation, judged in its family."""
     (base, _), (treat, _) = runs.ours(ablation.baseline), runs.ours(ablation.treated)
     out = []
     for key in ablation.metrics:
         a = stat(base, key) if base is not None else None
         b = stat(treat, key) if treat is not None else None
-        out.append(Comparison(ablation, key, ablation.paper_delta(key), a, b))
+        j = judge(ablation, key, runs) if a is not None and b is not None else None
+        out.append(Comparison(ablation, key, ablation.paper_delta(key), a, b, j))
     return out
+
+
+def precision_checks(ablation: Ablation, runs: Runs) -> list[tuple[str, Judgement]]:
+    """The ablation's AP contrast judged again on each `stats.precision_checks` folder that has both its
+    variants (the same seeds, another precision), the rest of its family as in the grid."""
+    out = []
+    for label, metrics in runs.precision.items():
+        base, treated = metrics.get(ablation.baseline.variant), metrics.get(ablation.treated.variant)
+        if base is None or treated is None:
+            continue
+        a, b = stat(base, "AP"), stat(treated, "AP")
+        t = stats.welch(a.values, b.values, margin_for("AP", runs.stats))
+        out.append((label, judge(ablation, "AP", runs, substitute={(ablation.key, "AP"): t})))
+    return out
+
+
+def comparison_json(c: Comparison) -> dict[str, Any]:
+    """One comparison's numbers for summary.json: Δ, SE, df, CI, p, Holm p, TOST, n, seed plan, verdict."""
+    out = {"paper_delta": _round(c.paper_delta), "delta": _round(c.delta), "se": _round(c.se)}
+    out |= {"n_a": c.n_a, "n_b": c.n_b, "verdict": c.verdict}
+    if c.judgement is not None:
+        t, j = c.test, c.judgement
+        out |= {"df": _round(t.df), "ci95": [_round(x) for x in t.ci95], "ci90": [_round(x) for x in t.ci90]}
+        out |= {
+            "p": _round(t.p),
+            "p_holm": _round(j.p_holm),
+            "p_tost": _round(t.p_tost),
+            "p_tost_holm": _round(j.p_tost_holm),
+        }
+        out |= {"family": j.family, "family_size": j.family_size, "seeds_for_power": _plan(j.seeds_power)}
+    return out
+
+
+def _plan(n: float) -> int | str | None:
+    return None if math.isnan(n) else "more than 1000" if math.isinf(n) else int(n)
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None or math.isnan(x) else round(x, 4)
 
 
 def ours_only(runs: Runs) -> list[tuple[str, float, float]]:

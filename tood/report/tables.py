@@ -1,11 +1,12 @@
 """Paper vs ours: reports/tables.md and reports/summary.json of the `tabulate` stage (figures: tood.report.figures).
 
-The numbers and the verdict rule come from tood.report.results (Δ ± Welch SE over seeds, verdict at 2·SE);
+The numbers come from tood.report.results, every test and verdict from tood.report.stats (Welch's t, Holm, TOST);
 Table 1's params/GFLOPs of our models from the metrics files' "complexity" (tood.report.complexity).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -14,7 +15,7 @@ from typing import Any
 
 from tood.config import HEADLINE
 from tood.engine import tracking
-from tood.report import budget, extended, figures, paper
+from tood.report import budget, extended, figures, paper, stats
 from tood.report.paper import ABLATIONS, TABLE4, TABLE4_CHOSEN, TABLE6, TABLES, Ablation, PaperRow
 from tood.report.results import (
     ALIGN_KEYS,
@@ -25,6 +26,8 @@ from tood.report.results import (
     SETTING_KEYS,
     Runs,
     compare,
+    comparison_json,
+    fmt_ci,
     fmt_value,
     load_runs,
     ours_only,
@@ -40,17 +43,30 @@ TRIAL_BANNER = (
     "profile): the budget only checks that every stage runs. Use the default profile for numbers to read."
 )
 
-VERDICT_RULE = (
-    "How to read the comparisons. Ours Δ = mean(treated) − mean(baseline) over each side's seeds; "
-    "± SE = sqrt(s_a²/n_a + s_b²/n_b), Welch's standard error of a difference of means (s: sample std over "
-    "seeds, n: seeds per side). Verdict at 2·SE: same sign as the paper and |Δ| > 2·SE: *reproduces*; "
-    "opposite sign and |Δ| > 2·SE: *contradicts*; otherwise, or when Δ rounds to 0 as shown: *inconclusive*. "
-    "With fewer than 2 seeds on either side the SE is not measured and there is no verdict (*not measured*), "
-    "whatever the sign. 2·SE is a normal-approximation rule; with few seeds the t distribution is wider, "
-    "so read verdicts near the threshold with care. Per seed: the baseline's values → the treated "
-    "variant's, in seed order. The paper's Δ is on COCO with ResNet-50; ours is on our setting (above): "
-    "compare directions, not sizes."
-)
+
+def verdict_rule(runs: Runs) -> str:
+    """How to read every comparison table (the rule of tood.report.stats, with params.yaml's `stats:`)."""
+    cfg = runs.stats
+    lvl = f"{1 - 2 * cfg.alpha:.0%}"
+    return (
+        "How to read the comparisons. Ours Δ = mean(treated) − mean(baseline) over each side's seeds (independent "
+        "runs: seeds are not paired), with its 95% CI from Welch's t-test (Welch–Satterthwaite df; scipy). *p*: "
+        "the test of Δ = 0; *Holm p*: adjusted by Holm's step-down method over the family the claim belongs to "
+        "(statsmodels; *main*: the five AP contrasts of Tables 1–3; *alpha_beta*: Table 4's five cells against "
+        "(α=1, β=6); *alignment*: Table 6's alignment metrics; Table 6's AP rows are the main contrasts). "
+        f"Verdicts at α = {cfg.alpha:g}: Holm p < α and Δ has the paper's sign: *reproduces*; the opposite sign: "
+        f"*contradicts*; otherwise, for AP, a TOST (statsmodels `ttost_ind`, Welch) within ±{cfg.margin_ap:g} AP "
+        f"with Holm p < α, i.e. the {lvl} CI inside the margin: *equivalent* (no effect larger than the margin, "
+        "which does not reproduce a claimed gain); otherwise *inconclusive*: these runs cannot tell. The margin "
+        f"({cfg.margin_ap:g} AP) was declared before the verdicts were computed: a third to a sixth of the "
+        "paper's main gains (+1.1 to +3.3 AP) and about what a change of CPU or precision moved one variant "
+        "(bench/precision). Fewer than 2 seeds on a side: no variance, no test (*not measured*). *Seeds*: what "
+        f"a side would need for {cfg.power:.0%} power at the paper's Δ, with the pooled std of our seeds at "
+        "level α/k (Holm's first step in a family of k; statsmodels `TTestIndPower`); the paper's Δ is on COCO "
+        "with ResNet-50, so this is a yardstick, not a promise. Per seed: the baseline's values → the treated "
+        "variant's, in seed order. Compare directions, not sizes, with the paper."
+    )
+
 
 MLFLOW_HOWTO = """\
 ```
@@ -129,16 +145,22 @@ def render_comparisons(ablations: list[Ablation], runs: Runs) -> str:
     body = []
     for c in (c for a in ablations for c in compare(a, runs)):
         key, label = c.metric, LABELS.get(c.metric, c.metric)
-        if math.isnan(c.delta):
-            body.append([c.ablation.name, label, fmt_value(key, c.paper_delta, signed=True)] + [DASH] * 3)
-            body[-1].append(c.verdict)
-            continue
-        se = "n/a" if math.isnan(c.se) else fmt_value(key, c.se)
-        ours = f"{fmt_value(key, c.delta, signed=True)} ± {se}"
-        per_seed = f"{c.base.fmt_seeds()} → {c.treated.fmt_seeds()}"
         paper_d = fmt_value(key, c.paper_delta, signed=True)
-        body.append([c.ablation.name, label, paper_d, ours, f"{c.n_a} / {c.n_b}", per_seed, c.verdict])
-    header = ["Ablation", "Metric", "Paper Δ", "Ours Δ ± SE", "n (base / treated)", "Per seed", "Verdict"]
+        if c.test is None or math.isnan(c.delta):
+            body.append([c.ablation.name, label, paper_d, *[DASH] * 5, c.verdict])
+            continue
+        j = c.judgement
+        p = f"{stats.fmt_p(c.test.p)} / {stats.fmt_p(j.p_holm)}"
+        per_seed = f"{c.base.fmt_seeds()} → {c.treated.fmt_seeds()}"
+        seeds = (
+            f"{c.n_a} / {c.n_b}; {stats.fmt_seeds_needed(j.seeds_power)}"
+            if c.test.measured
+            else f"{c.n_a} / {c.n_b}"
+        )
+        ours = fmt_ci(key, c.delta, c.test.ci95)
+        body.append([c.ablation.name, label, paper_d, ours, p, j.family, seeds, per_seed, c.verdict])
+    header = ["Ablation", "Metric", "Paper Δ", "Ours Δ [95% CI]", "p / Holm p", "Family"]
+    header += ["n (base / treated); seeds a side for 80% power", "Per seed", "Verdict"]
     return md_table(header, body)
 
 
@@ -326,7 +348,7 @@ def render_report(runs: Runs) -> str:
         budget.render_summary(runs),
         f"Paper numbers: {paper.SOURCE}. Ours: mean ± std over seeds (a single value with one seed; column "
         "n: seeds), COCO AP on the paper's 0-100 scale.\n\n" + render_setting(runs),
-        VERDICT_RULE,
+        verdict_rule(runs),
         "## Table 1: parallel head vs T-Head (ATSS)\n\n" + render_rows(paper.TABLE1, runs),
         render_comparisons(_ablations_of("Table 1"), runs),
         "### Params and GFLOPs (Table 1)\n\n" + render_complexity(runs),
@@ -366,15 +388,9 @@ def build_summary(runs: Runs) -> dict[str, Any]:
             where: {k: m["complexity"][where][k] for k in COMPLEXITY_KEYS}
             for where in ("run", "paper_config")
         }
-    ablations = {
-        a.key: {
-            c.metric: {"paper_delta": _num(c.paper_delta), "delta": _num(c.delta), "se": _num(c.se)}
-            | {"n_a": c.n_a, "n_b": c.n_b, "verdict": c.verdict}
-            for c in compare(a, runs)
-        }
-        for a in ABLATIONS
-    }
+    ablations = {a.key: {c.metric: comparison_json(c) for c in compare(a, runs)} for a in ABLATIONS}
     head = {"paper": paper.SOURCE, "ap_scale": "0-100", "trial": runs.trial}
+    head["stats"] = dataclasses.asdict(runs.stats) | {"precision_checks": list(runs.precision)}
     extra = {"budget": budget.summary_json(runs), "hardware": budget.hardware_text(*runs.metrics.values())}
     extra["curve_cost"] = budget.cost_json(runs)
     if extended.present(runs):  # issue 20's runs; absent from the default grid's summary
@@ -403,7 +419,7 @@ def render_figures(figures_rel: str, no_losses: list[str], no_curves: list[str] 
     text += (
         "\n\nBudget curves: AP over the steps of each variant (seed band) and Δ over the steps of each main "
     )
-    text += "contrast with its ±2·SE band (the verdict threshold)."
+    text += "contrast with its 95% CI band (Welch t)."
     if no_curves:
         text += f" No budget curve (metrics from before issue 16, or curves off) for: {', '.join(no_curves)}."
     return text
