@@ -115,11 +115,11 @@ def monte_carlo_line(draws: int = 2000, alpha: float = 0.05) -> tuple[str, bool]
     bound = alpha + 3 * math.sqrt(alpha * (1 - alpha) / draws)
     met = all(r <= bound for r in rates.values())
     cells = ", ".join(f"n={n} sd ratio {sd:g}: {100 * r:.1f}%" for (n, sd), r in rates.items())
-    return (
+    text = (
         f"false-verdict rate of the rule under no effect ({draws} draws each): {cells}; ≤ {100 * alpha:.0f}% "
-        f"within 3 Monte Carlo SE ({100 * bound:.1f}%): {'met' if met else 'NOT met'}",
-        met,
+        f"within 3 Monte Carlo SE ({100 * bound:.1f}%): {'met' if met else 'NOT met'}"
     )
+    return text, met
 
 
 def welch_size_line(draws: int = 400_000, alpha: float = 0.05) -> str:

@@ -5,7 +5,7 @@ special-cased). The transforms follow the reference 1x recipe [R: configs/_base_
 keep-ratio resize to fit (long, short) = img_scale, horizontal flip (train only), RGB mean/std normalisation,
 bottom/right zero padding to a multiple of size_divisor after normalisation.
 
-Conventions (the README's Layout glossary): boxes are xyxy pixels of the resized, unpadded image; labels are
+Conventions (the glossary in docs/layout.md): boxes are xyxy pixels of the resized, unpadded image; labels are
 contiguous 0..C-1 in sorted COCO category-id order (real COCO ids are 1..90 with gaps); G is padded per batch
 with gt_mask (B, G).
 

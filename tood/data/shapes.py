@@ -1,6 +1,6 @@
 """`shapes`: the embedded synthetic detection dataset, written in real COCO format.
 
-It is built to be hard in the ways COCO is hard for TOOD (README "The embedded dataset"), so that the prior that
+It is built to be hard in the ways COCO is hard for TOOD (docs/data.md, "The embedded dataset"), so that the prior that
 classifies an object best and the prior that localises it best can differ:
 - the class is decided by shape alone; colours and textured fills come from one shared palette;
 - 1..max_objects objects per image (skewed towards few), a share of them placed next to an earlier

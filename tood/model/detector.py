@@ -202,7 +202,7 @@ def _postprocess_image(
 ) -> Detections:
     """scores (A, C), boxes (A, 4) in the resized image, factors (A,) | None -> Detections in the original.
 
-    Step by step, with the source each follows (README "Faithfulness"):
+    Step by step, with the source each follows (docs/faithfulness.md):
     1. per level, (prior, class) pairs with raw score > score_thr, then the top nms_pre of them
        [mmdet TOOD/ATSS heads since 2.18, and 3.x: filter_scores_and_topk; fcjian keeps the top
        nms_pre priors by max class score and thresholds after];

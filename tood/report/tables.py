@@ -50,7 +50,8 @@ def verdict_rule(runs: Runs) -> str:
     lvl = f"{1 - 2 * cfg.alpha:.0%}"
     return (
         "How to read the comparisons. Ours Δ = mean(treated) − mean(baseline) over each side's seeds (independent "
-        "runs: seeds are not paired), with its 95% CI from Welch's t-test (Welch–Satterthwaite df; scipy). *p*: "
+        "runs: seeds are not paired), with its 95% CI from Welch's t-test (Welch–Satterthwaite df; scipy; the "
+        "contrast's own interval, not adjusted for the family). *p*: "
         "the test of Δ = 0; *Holm p*: adjusted by Holm's step-down method over the family the claim belongs to "
         "(statsmodels; *main*: the five AP contrasts of Tables 1–3; *alpha_beta*: Table 4's five cells against "
         "(α=1, β=6); *alignment*: Table 6's alignment metrics; Table 6's AP rows are the main contrasts). "
