@@ -1,7 +1,7 @@
 """The PNG figures of the `tabulate` stage (matplotlib Agg, object API: no pyplot global state).
 
     alpha_beta.png   Table 4: paper AP per (alpha, beta) cell beside ours, each panel with its colour bar
-    ablations.png    each ablation's AP delta: the paper's (COCO) and ours ± SE on separate axes
+    ablations.png    each ablation's AP delta: the paper's (COCO) and ours with its 95% CI on separate axes
     losses.png       training losses per variant, one distinct colour each, the ATSS -> TAL switch marked
     alignment.png    Table 6: PCC (top-50) and IoU (top-10), paper vs ours
 
@@ -252,7 +252,7 @@ def _ablation_rows(runs: Runs) -> list[Comparison]:
 
 
 def plot_ablations(runs: Runs, path: Path) -> Figure:
-    """AP delta per ablation: the paper's (left) and ours ± SE (right), on separate axes and scales."""
+    """AP delta per ablation: the paper's (left) and ours with its 95% CI (right), on separate axes and scales."""
     rows = _ablation_rows(runs)
     y = np.arange(len(rows))
     datasets = sorted({m["setting"]["dataset"] for m in runs.metrics.values()})
@@ -262,10 +262,12 @@ def plot_ablations(runs: Runs, path: Path) -> Figure:
     ax_paper.set_xlabel("paper Δ AP (COCO val2017, ResNet-50)")
     measured = np.array([not math.isnan(c.se) for c in rows])  # (R,)
     ours = np.array([0.0 if math.isnan(c.delta) else c.delta for c in rows])  # (R,)
-    se = np.array([c.se for c in rows])  # (R,)
-    ax_ours.barh(y[measured], ours[measured], height=0.6, xerr=se[measured], capsize=3, label="± SE")
+    half = np.array([c.test.ci95[1] - c.test.delta if c.test is not None else np.nan for c in rows])  # (R,)
     ax_ours.barh(
-        y[~measured], ours[~measured], height=0.6, color="tab:orange", label="SE not measured (n < 2)"
+        y[measured], ours[measured], height=0.6, xerr=half[measured], capsize=3, label="95% CI (Welch t)"
+    )
+    ax_ours.barh(
+        y[~measured], ours[~measured], height=0.6, color="tab:orange", label="no CI: fewer than 2 seeds a side"
     )
     for i, c in enumerate(rows):
         note = "not run" if math.isnan(c.delta) else None if measured[i] else f"n={c.n_a}/{c.n_b}"
@@ -278,7 +280,7 @@ def plot_ablations(runs: Runs, path: Path) -> Figure:
     ax_ours.margins(x=0.2)  # room for those notes inside the axes (they were clipped at its edge)
     # above the axes: every corner inside may hold a bar (it covered the last one, issue 18)
     ax_ours.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=2, frameon=False)
-    ax_ours.set_xlabel(f"our Δ AP ± SE ({', '.join(datasets)}; our setting, own scale)")
+    ax_ours.set_xlabel(f"our Δ AP, 95% CI ({', '.join(datasets)}; our setting, own scale)")
     ax_paper.set_yticks(y, [f"{c.ablation.treated.table}: {c.ablation.name}" for c in rows], fontsize=8)
     for ax in (ax_paper, ax_ours):
         ax.axvline(0, color="k", lw=0.8)

@@ -412,7 +412,7 @@ def render_figures(figures_rel: str, no_losses: list[str], no_curves: list[str] 
     links = "\n".join(f"![{name[:-4]}]({figures_rel}/{name})" for name in names)
     text = (
         "## Figures\n\nα/β cells (paper vs ours, each with its own colour bar), ablation deltas (paper's on "
-        "COCO and ours ± SE, on separate axes), training losses (mean over seeds; the dotted line is the "
+        "COCO and ours with its 95% CI, on separate axes), training losses (mean over seeds; the dotted line is the "
         "switch from the ATSS warm-up to TAL) and Table 6's alignment metrics.\n\n" + links
     )
     if no_losses:
