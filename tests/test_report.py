@@ -589,12 +589,20 @@ def test_bench_targets_reads_the_headline_and_each_main_contrast_from_summary(tw
     out = capsys.readouterr().out.splitlines()
     # tood 35.0 ± 0.5 per seed -> std 0.71; 2 seeds < 3: not met even though 35 >= 30
     assert out[0] == "headline tood: AP 35.00 ± 0.71 (std, n=2; per seed 35.5, 34.5): NOT met"
-    # T-Head - parallel (ATSS, AF): 33.0 - 30.0; SE = sqrt(0.5/2 + 0.5/2) = 0.71 > 0.5
-    assert out[1].startswith("t1_af_thead  Δ +3.00 ± 0.71 (SE, n 2/2; paper +1.9) verdict ")
-    assert out[1].endswith("SE ≤ 0.5 NOT met")
+    # T-Head - parallel (ATSS, AF): 33.0 - 30.0, SE 0.71 on 2 df: 95% CI ±3.04 (t 4.30), Holm p over the main 5
+    assert out[1].startswith("t1_af_thead  Δ +3.00 [-0.04, +6.04] (n 2/2; Holm p 0.21; paper +1.9) verdict ")
+    # at stds 0.71 a side: 5 seeds give t(8) 2.31 x 0.45 = 1.03, 6 give t(10) 2.23 x 0.41 = 0.91
+    assert out[1].endswith("verdict inconclusive: CI half-width 3.04 ≤ 1 NOT met; needs 6 a side")
     # seed 0: 33.5 - 30.5, seed 1: 32.5 - 29.5: the same +3.0 twice, so the paired SE is 0
     assert out[2].endswith("paired by seed (information only): Δ +3.00 ± 0.00, n 2")
-    assert len(out) == 13 and out[-2].endswith("about 4 (worst contrast)")  # 0.71² · 2 / 0.5²
+    assert out[11] == "verdicts: 0 directional/equivalent verdicts, each backed by its test: met"
+    assert out[12].startswith("Table 4: 5/5 cells with a verdict (a05_b2 inconclusive,")
+    assert out[12].endswith("≥ 3 seeds a cell NOT met")  # 2 seeds a cell here
+    assert out[13].startswith(
+        "false-verdict rate of the rule under no effect (2000 draws each): n=3 sd ratio 1: "
+    )
+    assert out[14].startswith("Welch's t size at α = 0.05 (400,000 draws each): n=3 sd ratio 1: 3.")
+    assert len(out) == 16
     assert out[-1] == "budget curves: no run records their cost (metrics from before issue 16)"
 
 
