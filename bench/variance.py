@@ -7,6 +7,9 @@ Sources (AP on the 0-100 scale; every one a measured run of the 24-epoch default
     trial      bench/variance/trial_5seed.json: seeds 3 and 4 of the 5-seed trial (same machine and setting;
                its reports were lost, the values are its MLflow records as bench/RESULTS.md §4 gives them)
     fp32       bench/precision/fp32/<variant>.json: two variants again in fp32 at seeds 0-2 (bench/precision)
+    epyc       bench/variance/epyc_bf16/<variant>.json: the two ATSS anchor-free variants at seeds 3-7, trained
+               and evaluated by the pipeline's own stage commands on a 2-core AMD EPYC (Zen 4) in bf16
+               (bench/variance/epyc_bf16/README.md says how)
     calib      bench/calibration/budget.csv at 24 epochs: 2 seeds of 4 variants, another pretrained backbone and
                256 val images: shown, not pooled (a different setting's noise)
 
@@ -38,6 +41,7 @@ from scipy import stats as sps
 
 from tood.report import stats
 from tood.report.paper import ABLATIONS, MAIN_CONTRASTS
+from tood.report.results import fmt_ci
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "variance"
@@ -69,15 +73,21 @@ def samples(metrics_dir: Path) -> dict[str, dict[str, list[float]]]:
         out[v]["grid"] = [100 * r["AP"] for r in seeds.values()] + [
             float(x) for x in trial.get(v, {}).values()
         ]
-    for path in sorted((REPO / "bench" / "precision" / "fp32").glob("*.json")):
-        m = json.loads(path.read_text())
-        if m["variant"] in out:
-            out[m["variant"]]["fp32"] = [100 * r["AP"] for r in m["seeds"].values()]
+    for label, folder in (("fp32", REPO / "bench" / "precision" / "fp32"), ("epyc", OUT / "epyc_bf16")):
+        for path in sorted(folder.glob("*.json")):
+            m = json.loads(path.read_text())
+            if m["variant"] in out:
+                out[m["variant"]][label] = [100 * r["AP"] for r in m["seeds"].values()]
     with open(REPO / "bench" / "calibration" / "budget.csv") as f:
         for row in csv.DictReader(f):
             if json.loads(row["cell"]).get("train.epochs") == 24 and row["variant"] in out:
                 out[row["variant"]].setdefault("calib", []).append(100 * float(row["AP"]))
     return out
+
+
+def _pair(key: str) -> tuple[str, str]:
+    a = next(a for a in ABLATIONS if a.key == key)
+    return a.baseline.variant, a.treated.variant
 
 
 def pooled(groups: list[list[float]]) -> tuple[float, int]:
@@ -125,13 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["|---|---|---|---|---|---|"]
     sd = {}
     for v, by in data.items():
-        groups = [by[k] for k in ("grid", "fp32") if k in by]
+        groups = [by[k] for k in ("grid", "fp32", "epyc") if k in by]
         s, df = pooled(groups)
         sd[v] = s
         lo, hi = sd_ci(s, df)
         cells = [
             f"{np.std(by[k], ddof=1):.2f} (n {len(by[k])})" if k in by and len(by[k]) > 1 else "—"
-            for k in ("grid", "fp32", "calib")
+            for k in ("grid", "fp32", "epyc", "calib")
         ]
         share = min(1.0, tau512**2 / s**2)
         lines.append(f"| `{v}` | {' | '.join(cells)} | {s:.2f} [{lo:.2f}, {hi:.2f}], {df} | {share:.0%} |")
@@ -150,6 +160,21 @@ def main(argv: list[str] | None = None) -> int:
         s2048 = math.sqrt(max(s**2 - tau512**2 * 0.75, 0.0))
         lines.append(f"| `{v}` | {s:.2f} | {s2048:.2f} |")
 
+    replicas = [k for k in MAIN_CONTRASTS if all("epyc" in data[v] for v in _pair(k))]
+    if replicas:
+        lines += ["", "### The same contrasts on other seeds and another CPU (EPYC bf16, seeds 3-7)", ""]
+        header = "| contrast | grid (Xeon, seeds 0-2) Δ [95% CI] | EPYC Δ [95% CI], p (one test, no family) |"
+        lines += [header + " means grid → EPYC |", "|---|---|---|---|"]
+        for key in replicas:
+            base, treated = _pair(key)
+            g = stats.welch(data[base]["grid"][:3], data[treated]["grid"][:3])
+            e = stats.welch(data[base]["epyc"], data[treated]["epyc"])
+            means = "; ".join(
+                f"`{v}` {np.mean(data[v]['grid'][:3]):.1f} → {np.mean(data[v]['epyc']):.1f}"
+                for v in (base, treated)
+            )
+            ci_g, ci_e = fmt_ci("AP", g.delta, g.ci95), fmt_ci("AP", e.delta, e.ci95)
+            lines.append(f"| {key} | {ci_g} | {ci_e}, p {stats.fmt_p(e.p)} | {means} |")
     lines += [
         "",
         "## 2. Pairing by seed (grid seeds 0-2)",
