@@ -568,7 +568,7 @@ def test_switch_step_is_between_the_last_atss_and_the_first_tal_step():
     assert switch_step({"step": curve["step"]}, 1) is None  # no epoch column
 
 
-def test_ablations_figure_draws_plus_minus_se(two_seeds, tmp_path):
+def test_ablations_figure_draws_the_95_ci(two_seeds, tmp_path):
     _, tmp = two_seeds
     runs = load_runs(load_params(tmp / "params.yaml"), tmp / "metrics")
     fig = plot_ablations(runs, tmp_path / "ablations.png")
@@ -577,7 +577,8 @@ def test_ablations_figure_draws_plus_minus_se(two_seeds, tmp_path):
     bars = next(c for c in ax_ours.containers if isinstance(c, BarContainer) and c.errorbar is not None)
     (caps_and_bars,) = bars.errorbar.lines[2]  # the measured rows' error bars
     half_widths = [abs(seg[1][0] - seg[0][0]) / 2 for seg in caps_and_bars.get_segments()]
-    assert half_widths[0] == pytest.approx(math.sqrt(0.5 / 2 + 0.5 / 2))  # Welch SE, not sqrt(s_a² + s_b²)
+    # Welch's 95% CI: t(0.975, 2 df) = 4.303 times the SE sqrt(0.5/2 + 0.5/2), not the SE or the runs' spread
+    assert half_widths[0] == pytest.approx(sps.t.ppf(0.975, 2) * math.sqrt(0.5 / 2 + 0.5 / 2))
     assert [r.get_width() for r in bars][:2] == [pytest.approx(3.0), pytest.approx(-2.0)]
 
 

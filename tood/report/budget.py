@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 
 from tood.report import stats
 from tood.report.figures import _save, loss_groups, variant_colours
-from tood.report.paper import ABLATIONS, TABLE4_CHOSEN, Ablation
+from tood.report.paper import ABLATIONS, MAIN_CONTRASTS, TABLE4_CHOSEN, Ablation
 from tood.report.results import (
     DASH,
     Comparison,
@@ -36,11 +36,12 @@ from tood.report.results import (
     fmt_ci,
     fmt_value,
     margin_for,
+    md_table,
     precision_checks,
 )
 
 BUDGET_POINTS = 3  # the "last part of training": the last 3 curve points (epochs 6, 9, 12 by default)
-MAIN_ABLATIONS = ("t1_af_thead", "t1_ab_thead", "t2_tal", "t3_af_tood", "t3_ab_tood")  # issue 10's five
+MAIN_ABLATIONS = MAIN_CONTRASTS  # issue 10's five
 FIGURES = ("budget_curves.png", "budget_deltas.png")
 RISING_AP = 1.0  # a side still gaining this much AP over the curve's last interval is not at its plateau
 STABLE, DEPENDENT = "stable", "budget-dependent"
@@ -176,8 +177,6 @@ def stability_text(points: list[BudgetPoint] | None, k: int = BUDGET_POINTS) -> 
 
 def render_budget(runs: Runs) -> str:
     """One row per main contrast: Δ [95% CI] and verdict at each of the last BUDGET_POINTS points."""
-    from tood.report.tables import md_table
-
     body = []
     for key in MAIN_ABLATIONS:
         ablation = _ablation(key)
@@ -342,8 +341,6 @@ def seeds_text(comp: Comparison, runs: Runs) -> str:
 
 
 def render_summary(runs: Runs) -> str:
-    from tood.report.tables import md_table
-
     body = []
     for c in claims(runs):
         comp = c.comparison

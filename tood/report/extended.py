@@ -14,7 +14,18 @@ from typing import Any
 from tood.config import HEADLINE
 from tood.report import budget, paper, stats
 from tood.report.paper import EXTENDED_ABLATIONS, EXTENDED_VARIANTS, TABLE2_FULL, TOPK_AP_RANGE, TOPK_ROWS
-from tood.report.results import DASH, Runs, compare, comparison_json, fmt_ci, fmt_value, stat
+from tood.report.results import (
+    DASH,
+    Runs,
+    compare,
+    comparison_json,
+    fmt_ci,
+    fmt_value,
+    md_table,
+    render_comparisons,
+    seeds_note,
+    stat,
+)
 
 TOPK_SPREAD = TOPK_AP_RANGE[1] - TOPK_AP_RANGE[0]  # 0.5 AP: the paper's five m lie within 42.0-42.5
 KEYS = ("AP", "AP50", "AP75")
@@ -40,8 +51,6 @@ def rows_for(variant: str) -> list[str]:
 
 
 def render_table2(runs: Runs) -> str:
-    from tood.report.tables import md_table, seeds_note
-
     body, not_run, measured = [], [], []
     for r in TABLE2_FULL:
         cells = [r.label, r.posneg, r.weight]
@@ -84,8 +93,6 @@ def _pairs(paper_metrics: dict[str, float], ours: dict[str, Any] | None, why: st
 def render_budget_column(runs: Runs) -> str:
     """Each Table 2 contrast over the runs' budget curves (tood.report.budget), where both sides share a
     schedule; a 1.5x run's curve points are other steps of another schedule, so it has no such line."""
-    from tood.report.tables import md_table
-
     body = []
     for a in EXTENDED_ABLATIONS:
         (base, _), (treated, _) = runs.ours(a.baseline), runs.ours(a.treated)
@@ -133,8 +140,6 @@ def topk_rows(runs: Runs) -> list[dict[str, Any]]:
 
 
 def render_topk(runs: Runs) -> str:
-    from tood.report.tables import md_table, seeds_note
-
     body, measured = [], []
     paper_ap = f"{TOPK_AP_RANGE[0]:.1f}–{TOPK_AP_RANGE[1]:.1f} (all m)"
     for item in topk_rows(runs):
@@ -174,8 +179,6 @@ def render_topk(runs: Runs) -> str:
 
 
 def render_extended(runs: Runs) -> str:
-    from tood.report.tables import render_comparisons
-
     return "\n\n".join(
         [
             (

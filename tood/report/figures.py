@@ -267,7 +267,11 @@ def plot_ablations(runs: Runs, path: Path) -> Figure:
         y[measured], ours[measured], height=0.6, xerr=half[measured], capsize=3, label="95% CI (Welch t)"
     )
     ax_ours.barh(
-        y[~measured], ours[~measured], height=0.6, color="tab:orange", label="no CI: fewer than 2 seeds a side"
+        y[~measured],
+        ours[~measured],
+        height=0.6,
+        color="tab:orange",
+        label="no CI: fewer than 2 seeds a side",
     )
     for i, c in enumerate(rows):
         note = "not run" if math.isnan(c.delta) else None if measured[i] else f"n={c.n_a}/{c.n_b}"

@@ -429,3 +429,50 @@ def ours_only(runs: Runs) -> list[tuple[str, float, float]]:
         if sw is not None and not paper.on_cell(row.config, sw["alpha"], sw["beta"]):
             out.append((row.variant, sw["alpha"], sw["beta"]))
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Markdown shared by tables.md's sections (tables, budget, extended)
+
+LABELS = {"pcc_top50": "PCC (top-50)", "iou_top10": "IoU (top-10)", "n_correct": "#correct"}
+LABELS |= {"n_redundant": "#redundant", "n_error": "#error"}
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def seeds_note(variants: list[str], runs: Runs) -> str:
+    """How many seeds a table's ours-values rest on, in one sentence."""
+    counts = sorted({len(runs.seeds[v]) for v in variants if v in runs.seeds})
+    if not counts:
+        return "No variant of this table was run."
+    if counts == [1]:
+        return "Ours rest on 1 seed per row: single runs, no spread and no SE."
+    if len(counts) == 1:
+        return f"Ours: mean ± std over {counts[0]} seeds per row."
+    return f"Ours rest on {counts[0]} to {counts[-1]} seeds; column n gives each row's count."
+
+
+def render_comparisons(ablations: list[Ablation], runs: Runs) -> str:
+    body = []
+    for c in (c for a in ablations for c in compare(a, runs)):
+        key, label = c.metric, LABELS.get(c.metric, c.metric)
+        paper_d = fmt_value(key, c.paper_delta, signed=True)
+        if c.test is None or math.isnan(c.delta):
+            body.append([c.ablation.name, label, paper_d, *[DASH] * 5, c.verdict])
+            continue
+        j = c.judgement
+        p = f"{stats.fmt_p(c.test.p)} / {stats.fmt_p(j.p_holm)}"
+        per_seed = f"{c.base.fmt_seeds()} → {c.treated.fmt_seeds()}"
+        seeds = (
+            f"{c.n_a} / {c.n_b}; {stats.fmt_seeds_needed(j.seeds_power)}"
+            if c.test.measured
+            else f"{c.n_a} / {c.n_b}"
+        )
+        ours = fmt_ci(key, c.delta, c.test.ci95)
+        body.append([c.ablation.name, label, paper_d, ours, p, j.family, seeds, per_seed, c.verdict])
+    header = ["Ablation", "Metric", "Paper Δ", "Ours Δ [95% CI]", "p / Holm p", "Family"]
+    header += ["n (base / treated); seeds a side for 80% power", "Per seed", "Verdict"]
+    return md_table(header, body)

@@ -15,27 +15,28 @@ from typing import Any
 
 from tood.config import HEADLINE
 from tood.engine import tracking
-from tood.report import budget, extended, figures, paper, stats
+from tood.report import budget, extended, figures, paper
 from tood.report.paper import ABLATIONS, TABLE4, TABLE4_CHOSEN, TABLE6, TABLES, Ablation, PaperRow
 from tood.report.results import (
     ALIGN_KEYS,
     AP_KEYS,
     COMPLEXITY_KEYS,
     DASH,
+    LABELS,
     METRIC_KEYS,
     SETTING_KEYS,
     Runs,
     compare,
     comparison_json,
-    fmt_ci,
     fmt_value,
     load_runs,
+    md_table,
     ours_only,
+    render_comparisons,
+    seeds_note,
     stat,
 )
 
-LABELS = {"pcc_top50": "PCC (top-50)", "iou_top10": "IoU (top-10)", "n_correct": "#correct"}
-LABELS |= {"n_redundant": "#redundant", "n_error": "#error"}
 HEAD_NAMES = {"tood": "T-Head", "parallel": "parallel head"}
 
 TRIAL_BANNER = (
@@ -85,11 +86,6 @@ until its own `dvc repro` logs them, and then this table lists the new ids."""
 # tables
 
 
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
 def _pair_header(keys: tuple[str, ...]) -> list[str]:
     return [f"{LABELS.get(k, k)} {side}" for k in keys for side in ("paper", "ours")]
 
@@ -104,18 +100,6 @@ def _pair_cells(row: PaperRow, runs: Runs, keys: tuple[str, ...]) -> list[str]:
 
 def _n_cell(row: PaperRow, runs: Runs) -> str:
     return str(len(runs.seeds[row.variant])) if runs.ours(row)[0] is not None else DASH
-
-
-def seeds_note(variants: list[str], runs: Runs) -> str:
-    """How many seeds a table's ours-values rest on, in one sentence."""
-    counts = sorted({len(runs.seeds[v]) for v in variants if v in runs.seeds})
-    if not counts:
-        return "No variant of this table was run."
-    if counts == [1]:
-        return "Ours rest on 1 seed per row: single runs, no spread and no SE."
-    if len(counts) == 1:
-        return f"Ours: mean ± std over {counts[0]} seeds per row."
-    return f"Ours rest on {counts[0]} to {counts[-1]} seeds; column n gives each row's count."
 
 
 def render_rows(rows: tuple[PaperRow, ...], runs: Runs, keys: tuple[str, ...] = AP_KEYS) -> str:
@@ -140,29 +124,6 @@ def render_table4(runs: Runs) -> str:
     variants = [r.variant for r in TABLE4 if runs.ours(r)[0] is not None] + [v for v, _, _ in extra]
     table = md_table(["α", "β", "Variant", "n", *_pair_header(AP_KEYS)], body)
     return table + "\n\n" + seeds_note(variants, runs)
-
-
-def render_comparisons(ablations: list[Ablation], runs: Runs) -> str:
-    body = []
-    for c in (c for a in ablations for c in compare(a, runs)):
-        key, label = c.metric, LABELS.get(c.metric, c.metric)
-        paper_d = fmt_value(key, c.paper_delta, signed=True)
-        if c.test is None or math.isnan(c.delta):
-            body.append([c.ablation.name, label, paper_d, *[DASH] * 5, c.verdict])
-            continue
-        j = c.judgement
-        p = f"{stats.fmt_p(c.test.p)} / {stats.fmt_p(j.p_holm)}"
-        per_seed = f"{c.base.fmt_seeds()} → {c.treated.fmt_seeds()}"
-        seeds = (
-            f"{c.n_a} / {c.n_b}; {stats.fmt_seeds_needed(j.seeds_power)}"
-            if c.test.measured
-            else f"{c.n_a} / {c.n_b}"
-        )
-        ours = fmt_ci(key, c.delta, c.test.ci95)
-        body.append([c.ablation.name, label, paper_d, ours, p, j.family, seeds, per_seed, c.verdict])
-    header = ["Ablation", "Metric", "Paper Δ", "Ours Δ [95% CI]", "p / Holm p", "Family"]
-    header += ["n (base / treated); seeds a side for 80% power", "Per seed", "Verdict"]
-    return md_table(header, body)
 
 
 def _ablations_of(table: str) -> list[Ablation]:
