@@ -129,10 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     data = samples(args.metrics_dir)
     diffs, tau512, tau_df = eval_noise(args.metrics_dir)
     lines += ["## 1. Seed std per variant (AP 0-100), pooled over the settings at 512 val images", ""]
-    lines += [
-        "| variant | grid (+trial) | fp32 | calib (256 imgs, not pooled) | pooled std [95% CI], df | eval noise share |"
-    ]
-    lines += ["|---|---|---|---|---|---|"]
+    header = "| variant | grid (+trial) | fp32 | EPYC bf16 | calib (256 imgs, not pooled) | pooled std [95% CI], df "
+    lines += [header + "| eval noise share |"]
+    lines += ["|---|---|---|---|---|---|---|"]
     sd = {}
     for v, by in data.items():
         groups = [by[k] for k in ("grid", "fp32", "epyc") if k in by]
