@@ -35,9 +35,11 @@ from tood.report.results import (
     family_of,
     fmt_ci,
     fmt_value,
+    json_num,
     margin_for,
     md_table,
     precision_checks,
+    same_test,
 )
 
 BUDGET_POINTS = 3  # the "last part of training": the last 3 curve points (epochs 6, 9, 12 by default)
@@ -108,11 +110,7 @@ def budget_points(ablation: Ablation, runs: Runs) -> list[BudgetPoint] | None:
         return None
     family, members = family_of(ablation, "AP")
     curves = {a.key: (a, c) for a, m in members if m == "AP" and (c := _curves(a, runs)) is not None}
-    own_key = next(
-        k
-        for k, (a, _) in curves.items()
-        if a.treated.variant == ablation.treated.variant and a.baseline.variant == ablation.baseline.variant
-    )
+    own_key = next(k for k, (a, _) in curves.items() if same_test(a, ablation))
     cfg = runs.stats
     points = []
     for step in sorted(set(own[0].steps) & set(own[1].steps)):
@@ -404,7 +402,7 @@ def summary_json(runs: Runs) -> dict[str, Any]:
         out[key] = {
             "stability": stability(points),
             "points": [
-                {"step": p.step, "delta": _num(p.delta), "se": _num(p.se), "verdict": p.verdict}
+                {"step": p.step, "delta": json_num(p.delta), "se": json_num(p.se), "verdict": p.verdict}
                 for p in points or []
             ],
         }
@@ -419,10 +417,6 @@ def cost_json(runs: Runs) -> dict[str, Any]:
     curve_s, train_s = sum(r["curve_time_s"] for r in timed), sum(r["train_time_s"] for r in timed)
     share = curve_s / (curve_s + train_s) if timed else None
     return {"runs": len(timed), "curve_s": round(curve_s, 1), "train_s": round(train_s, 1), "share": share}
-
-
-def _num(x: float) -> float | None:
-    return None if math.isnan(x) else round(x, 4)
 
 
 # ---------------------------------------------------------------------------------------------------

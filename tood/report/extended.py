@@ -21,6 +21,7 @@ from tood.report.results import (
     comparison_json,
     fmt_ci,
     fmt_value,
+    json_num,
     md_table,
     render_comparisons,
     seeds_note,
@@ -201,14 +202,10 @@ def summary_json(runs: Runs) -> dict[str, Any]:
     for item in topk_rows(runs):
         m = item["row"].config["topk"]
         ap = stat(item["ours"], "AP").mean if item["ours"] is not None else math.nan
-        topk[str(m)] = {"variant": item["row"].variant, "AP": _num(ap), "delta": _num(item["delta"])}
-        topk[str(m)] |= {"se": _num(item["se"]), "verdict": item.get("verdict")}
+        topk[str(m)] = {"variant": item["row"].variant, "AP": json_num(ap), "delta": json_num(item["delta"])}
+        topk[str(m)] |= {"se": json_num(item["se"]), "verdict": item.get("verdict")}
         if "judgement" in item:
             j = item["judgement"]
-            topk[str(m)] |= {"ci95": [_num(x) for x in j.test.ci95], "p_holm": _num(j.p_holm)}
-            topk[str(m)] |= {"p_tost_holm": _num(j.p_tost_holm)}
+            topk[str(m)] |= {"ci95": [json_num(x) for x in j.test.ci95], "p_holm": json_num(j.p_holm)}
+            topk[str(m)] |= {"p_tost_holm": json_num(j.p_tost_holm)}
     return {"ablations": ablations, "topk": topk, "topk_paper_AP_range": list(TOPK_AP_RANGE)}
-
-
-def _num(x: float) -> float | None:
-    return None if math.isnan(x) else round(x, 4)

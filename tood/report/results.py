@@ -277,15 +277,19 @@ def _read_metrics(path: Path, variant: str, switches: dict, seeds: tuple[int, ..
 # comparisons: every test, CI and verdict comes from tood.report.stats
 
 
+def same_test(a: Ablation, b: Ablation) -> bool:
+    """Whether two ablations compare the same two variants (and so, on one metric, are one test)."""
+    return (a.baseline.variant, a.treated.variant) == (b.baseline.variant, b.treated.variant)
+
+
 def family_of(ablation: Ablation, metric: str) -> tuple[str, list[tuple[Ablation, str]]]:
     """The family (paper.FAMILIES) a comparison is judged in and its members; a comparison repeating a
     family member's test (same two variants, same metric) takes that family. One outside every family is a
     family of its own."""
     by_key = {a.key: a for a in (*paper.ABLATIONS, *paper.EXTENDED_ABLATIONS)}
-    ident = (ablation.baseline.variant, ablation.treated.variant, metric)
     for name, members in paper.FAMILIES.items():
         ablations = [(by_key[k], m) for k, m in members]
-        if any((a.baseline.variant, a.treated.variant, m) == ident for a, m in ablations):
+        if any(m == metric and same_test(a, ablation) for a, m in ablations):
             return name, ablations
     return ablation.key, [(ablation, metric)]
 
@@ -315,15 +319,7 @@ def judge(ablation: Ablation, metric: str, runs: Runs, substitute: dict | None =
         t = (substitute or {}).get((a.key, m)) or welch_of(a, m, runs)
         if t is not None:
             tests[(a.key, m)], deltas[(a.key, m)] = t, a.paper_delta(m)
-    own = next(
-        (
-            (a.key, m)
-            for a, m in members
-            if (a.baseline.variant, a.treated.variant, m)
-            == (ablation.baseline.variant, ablation.treated.variant, metric)
-        ),
-        None,
-    )
+    own = next(((a.key, m) for a, m in members if m == metric and same_test(a, ablation)), None)
     if own not in tests:
         return None
     cfg = runs.stats
@@ -398,16 +394,20 @@ def precision_checks(ablation: Ablation, runs: Runs) -> list[tuple[str, Judgemen
 
 def comparison_json(c: Comparison) -> dict[str, Any]:
     """One comparison's numbers for summary.json: Δ, SE, df, CI, p, Holm p, TOST, n, seed plan, verdict."""
-    out = {"paper_delta": _round(c.paper_delta), "delta": _round(c.delta), "se": _round(c.se)}
+    out = {"paper_delta": json_num(c.paper_delta), "delta": json_num(c.delta), "se": json_num(c.se)}
     out |= {"n_a": c.n_a, "n_b": c.n_b, "verdict": c.verdict}
     if c.judgement is not None:
         t, j = c.test, c.judgement
-        out |= {"df": _round(t.df), "ci95": [_round(x) for x in t.ci95], "ci90": [_round(x) for x in t.ci90]}
         out |= {
-            "p": _round(t.p),
-            "p_holm": _round(j.p_holm),
-            "p_tost": _round(t.p_tost),
-            "p_tost_holm": _round(j.p_tost_holm),
+            "df": json_num(t.df),
+            "ci95": [json_num(x) for x in t.ci95],
+            "ci90": [json_num(x) for x in t.ci90],
+        }
+        out |= {
+            "p": json_num(t.p),
+            "p_holm": json_num(j.p_holm),
+            "p_tost": json_num(t.p_tost),
+            "p_tost_holm": json_num(j.p_tost_holm),
         }
         out |= {"family": j.family, "family_size": j.family_size, "seeds_for_power": _plan(j.seeds_power)}
     return out
@@ -417,7 +417,8 @@ def _plan(n: float) -> int | str | None:
     return None if math.isnan(n) else "more than 1000" if math.isinf(n) else int(n)
 
 
-def _round(x: float | None) -> float | None:
+def json_num(x: float | None) -> float | None:
+    """A number as summary.json stores it: 4 decimals, NaN (not measured) as null."""
     return None if x is None or math.isnan(x) else round(x, 4)
 
 

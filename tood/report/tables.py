@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from tood.report.results import (
     compare,
     comparison_json,
     fmt_value,
+    json_num,
     load_runs,
     md_table,
     ours_only,
@@ -335,16 +335,14 @@ def render_report(runs: Runs) -> str:
 # summary.json
 
 
-def _num(x: float | None) -> float | None:
-    return None if x is None or math.isnan(x) else round(x, 4)
-
-
 def build_summary(runs: Runs) -> dict[str, Any]:
     """The numbers of tables.md as plain JSON (NaN -> null), for `dvc metrics show`."""
     variants = {}
     for v, m in runs.metrics.items():
         stats = [stat(m, k) for k in METRIC_KEYS]
-        variants[v] = {s.key: _num(s.mean) for s in stats} | {f"{s.key}_std": _num(s.std) for s in stats}
+        variants[v] = {s.key: json_num(s.mean) for s in stats} | {
+            f"{s.key}_std": json_num(s.std) for s in stats
+        }
         variants[v] |= {"n_seeds": len(runs.seeds[v]), "AP_per_seed": _per_seed(m, "AP")}
         variants[v]["complexity"] = {
             where: {k: m["complexity"][where][k] for k in COMPLEXITY_KEYS}
@@ -361,7 +359,7 @@ def build_summary(runs: Runs) -> dict[str, Any]:
 
 
 def _per_seed(m: dict[str, Any], key: str) -> dict[str, float | None]:
-    return {seed: _num(stat({"seeds": {seed: r}}, key).mean) for seed, r in m["seeds"].items()}
+    return {seed: json_num(stat({"seeds": {seed: r}}, key).mean) for seed, r in m["seeds"].items()}
 
 
 # ---------------------------------------------------------------------------------------------------
