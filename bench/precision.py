@@ -38,7 +38,7 @@ def comparison_rows(base: dict[str, dict], treated: dict[str, dict], paper_delta
 
     base / treated: {precision label: metrics dict as evaluate_variant writes it}. Each row is one contrast
     on its own (no family correction, alpha 0.05, tood.report.stats); tables.md judges it within its family
-    through `stats.precision_checks`.
+    through `stats.replications`.
     """
     rows = []
     for label, base_metrics in base.items():

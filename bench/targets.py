@@ -73,30 +73,45 @@ def verdicts_line(summary: dict) -> tuple[str, bool]:
     alpha, margin = summary["stats"]["alpha"], summary["stats"]["margin_ap"]
     bad, counted = [], 0
     for key, per_metric in summary["ablations"].items():
-        for metric, c in per_metric.items():
-            if c["verdict"] in ("reproduces", "contradicts"):
-                counted += 1
-                if not (c["p_holm"] < alpha and (c["ci95"][0] > 0 or c["ci95"][1] < 0)):
-                    bad.append(f"{key}/{metric}")
-            elif c["verdict"] == "equivalent":
-                counted += 1
-                if not (-margin < c["ci90"][0] and c["ci90"][1] < margin):
-                    bad.append(f"{key}/{metric}")
+        for metric, grid in per_metric.items():
+            # the grid's comparison and the same one in each `stats.replications` folder
+            for c, where in [(grid, ""), *((r, f" in {r['folder']}") for r in grid.get("replications", []))]:
+                if c["verdict"] in ("reproduces", "contradicts"):
+                    counted += 1
+                    if not (c["p_holm"] < alpha and (c["ci95"][0] > 0 or c["ci95"][1] < 0)):
+                        bad.append(f"{key}/{metric}{where}")
+                elif c["verdict"] == "equivalent":
+                    counted += 1
+                    if not (-margin < c["ci90"][0] and c["ci90"][1] < margin):
+                        bad.append(f"{key}/{metric}{where}")
     met = not bad
     text = f"verdicts: {counted} directional/equivalent verdicts, each backed by its test: {'met' if met else 'NOT met: ' + ', '.join(bad)}"
     return text, met
 
 
 def alpha_beta_line(summary: dict) -> tuple[str, bool]:
+    """Table 4's cells in the grid and in each `stats.replications` folder holding all of them: met where
+    every cell has >= MIN_SEEDS seeds a side and a verdict (the line says where)."""
     cells = {k: a["AP"] for k, a in summary["ablations"].items() if k.startswith("t4_")}
-    thin = sorted(k for k, c in cells.items() if min(c["n_a"], c["n_b"]) < MIN_SEEDS)
-    measured = [k for k, c in cells.items() if c["verdict"] not in ("not measured", "not run")]
-    met = not thin and len(measured) == len(cells)
-    verdicts = ", ".join(f"{k[3:]} {c['verdict']}" for k, c in cells.items())
-    return (
-        f"Table 4: {len(measured)}/{len(cells)} cells with a verdict ({verdicts}); ≥ {MIN_SEEDS} seeds a cell {'met' if met else 'NOT met'}",
-        met,
-    )
+    settings = {"the grid": cells}
+    for folder in dict.fromkeys(r["folder"] for c in cells.values() for r in c.get("replications", [])):
+        there = {
+            k: next((r for r in c.get("replications", []) if r["folder"] == folder), None)
+            for k, c in cells.items()
+        }
+        if all(there.values()):
+            settings[folder] = there
+    parts, met_in = [], []
+    for where, cs in settings.items():
+        thin = [k for k, c in cs.items() if min(c["n_a"], c["n_b"]) < MIN_SEEDS]
+        measured = [k for k, c in cs.items() if c["verdict"] not in ("not measured", "not run")]
+        verdicts = ", ".join(f"{k[3:]} {c['verdict']}" for k, c in cs.items())
+        ok = not thin and len(measured) == len(cs)
+        met_in += [where] if ok else []
+        parts.append(
+            f"{where}: {len(measured)}/{len(cs)} cells with a verdict ({verdicts}), ≥ {MIN_SEEDS} seeds a cell {'met' if ok else 'NOT met'}"
+        )
+    return f"Table 4: {'; '.join(parts)}", bool(met_in)
 
 
 def monte_carlo_line(draws: int = 2000, alpha: float = 0.05) -> tuple[str, bool]:

@@ -230,8 +230,8 @@ def test_headline_takes_no_schedule():
         ({"power": 1.0}, "stats.power: 1.0 is out of range"),
         ({"margin": 0.5}, "stats.margin: unknown key (did you mean 'margin_ap'?)"),
         (
-            {"precision_checks": "bench/precision/fp32"},
-            "stats.precision_checks: 'bench/precision/fp32' should be a list",
+            {"replications": "bench/precision/fp32"},
+            "stats.replications: 'bench/precision/fp32' should be a list",
         ),
     ],
 )
@@ -247,5 +247,5 @@ def test_stats_defaults_are_the_committed_ones():
     from tood.config import StatsConfig, load_params, load_stats_config
 
     committed = load_stats_config(load_params(REPO / "params.yaml"))
-    assert committed == StatsConfig(precision_checks=("bench/precision/fp32",))
+    assert committed == StatsConfig(replications=("bench/precision/fp32",))
     assert load_stats_config({}) == StatsConfig()

@@ -350,43 +350,109 @@ def test_three_seeds_verdicts_after_holm(three_seeds):
                 assert -0.5 < c["ci90"][0] and c["ci90"][1] < 0.5, (key, metric)
 
 
-def test_a_wider_margin_declares_equivalence_and_a_precision_check_is_judged_in_the_family(tmp_path):
-    tmp = make_inputs(tmp_path, [0, 1, 2])
-    params = yaml.safe_load((tmp / "params.yaml").read_text())
-    fp32 = tmp / "fp32"
-    fp32.mkdir()
-    for v, shift in (("ab_parallel_atss", 0.0), ("ab_thead_atss", 0.019)):  # -2.0 in bf16, -0.1 in fp32
-        m = json.loads((tmp / "metrics" / f"{v}.json").read_text())
+def replication(tmp: Path, name: str, shifts: dict[str, float], source: Path | None = None, **record) -> Path:
+    """A `stats.replications` folder in tmp: the metrics files of some variants of the grid in `source` (default
+    tmp), AP shifted, per-seed records (precision, device) set."""
+    folder = tmp / name
+    folder.mkdir()
+    for v, shift in shifts.items():
+        m = json.loads(((source or tmp) / "metrics" / f"{v}.json").read_text())
         for r in m["seeds"].values():
             r["AP"] += shift
-            r["precision"] = "fp32"
-        (fp32 / f"{v}.json").write_text(json.dumps(m))
-    params["stats"] = {"margin_ap": 2.0, "precision_checks": [str(fp32)]}
+            r |= record
+        (folder / f"{v}.json").write_text(json.dumps(m))
+    return folder
+
+
+def with_stats(tmp: Path, **stats) -> None:
+    params = yaml.safe_load((tmp / "params.yaml").read_text()) | {"stats": stats}
     (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_a_wider_margin_declares_equivalence_and_a_replication_is_judged_in_the_family(tmp_path):
+    tmp = make_inputs(tmp_path, [0, 1, 2])
+    # -2.0 in the grid (bf16), -0.1 in fp32
+    fp32 = replication(tmp, "fp32", {"ab_parallel_atss": 0.0, "ab_thead_atss": 0.019}, precision="fp32")
+    with_stats(tmp, margin_ap=2.0, replications=[str(fp32)])
     text = run_tabulate(tmp)
     summary = json.loads((tmp / "summary.json").read_text())
     # +0.2, 90% CI [-0.67, +1.07] inside ±2: TOST p 0.006, x5 after Holm = 0.029 < 0.05
     t3_ab = summary["ablations"]["t3_ab_tood"]["AP"]
     assert t3_ab["verdict"] == "equivalent" and t3_ab["p_tost_holm"] == pytest.approx(0.029, abs=0.002)
-    assert summary["stats"]["margin_ap"] == 2.0 and summary["stats"]["precision_checks"] == ["fp32"]
+    assert summary["stats"]["margin_ap"] == 2.0 and summary["stats"]["replications"] == [str(fp32)]
     line = line_with(section(text, "Summary"), "Table 1: T-Head beats the parallel head (ATSS, anchor-based)")
-    assert "| **contradicts** |" in line and "| changes in fp32: -0.1 [-1.2, +1.0], equivalent |" in line
-    assert "| not measured in another precision |" in line_with(section(text, "Summary"), "Table 2: TAL")
+    assert "| **contradicts** |" in line
+    assert (
+        f"| changes in fp32 on an unrecorded device (`{fp32}`), n 3/3: -0.1 [-1.2, +1.0], equivalent |"
+        in line
+    )
+    assert "| not measured in another setting |" in line_with(section(text, "Summary"), "Table 2: TAL")
+    # the comparison is listed under Table 1, and in summary.json beside the grid's
+    t1 = section(text, "Table 1")
+    assert f"Measured again in fp32 on an unrecorded device (`{fp32}`)" in t1
+    assert "| equivalent |" in line_with(
+        t1.split("Measured again")[1], "T-Head - parallel (ATSS, anchor-based)"
+    )
+    again = summary["ablations"]["t1_ab_thead"]["AP"]["replications"]
+    assert [(r["folder"], r["verdict"], r["n_a"]) for r in again] == [(str(fp32), "equivalent", 3)]
+    assert "replications" not in summary["ablations"]["t2_tal"]["AP"]
 
 
-def test_a_precision_check_on_other_seeds_is_left_out_with_its_reason(tmp_path):
-    tmp = make_inputs(tmp_path, [0, 1, 2])
-    fp32 = tmp / "fp32"
-    fp32.mkdir()
-    m = json.loads((tmp / "metrics" / "ab_thead_atss.json").read_text())
-    del m["seeds"]["2"]
-    for r in m["seeds"].values():
-        r["precision"] = "fp32"
-    (fp32 / "ab_thead_atss.json").write_text(json.dumps(m))
-    params = yaml.safe_load((tmp / "params.yaml").read_text()) | {"stats": {"precision_checks": [str(fp32)]}}
-    (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+def test_a_replication_with_more_seeds_measures_table4(tmp_path):
+    """The grid's alpha/beta cells have one seed (no verdict); a folder with three a cell and its own headline
+    judges every cell in the alpha_beta family there: each cell 3.5-4.9 AP below (1, 6), s = 0.5 a side."""
+    cells = {v: {**sw, "seeds": [0]} for v, sw in VARIANTS.items() if v.startswith("a") and "_b" in v}
+    (tmp_path / "grid").mkdir(), (tmp_path / "three").mkdir()
+    tmp = make_inputs(tmp_path / "grid", [0, 1, 2], variants={**VARIANTS, **cells})
+    three = make_inputs(tmp_path / "three", [0, 1, 2])  # the same variants, 3 seeds a cell
+    shifts = {"tood": 0.0} | {v: -0.03 for v in cells}
+    epyc = replication(tmp, "epyc", shifts, source=three, precision="bf16", device="AMD EPYC")
+    with_stats(tmp, replications=[str(epyc)])
     text = run_tabulate(tmp)
-    assert "Left out of *Other precision*: `ab_thead_atss` in " in text and "seeds ['0', '1']" in text
+    t4 = section(text, "Table 4")
+    grid, again = t4.split("Measured again in bf16 on AMD EPYC")
+    assert grid.count("| not measured |") == 5
+    rows = [line for line in again.splitlines() if line.startswith("| (alpha=")]
+    assert len(rows) == 5 and all("| alpha_beta |" in r and r.endswith("| reproduces |") for r in rows), rows
+    # (0.5, 4): -3.5 AP, Welch t = -3.5 / sqrt(0.25/3 * 2) = -8.57 on 4 df
+    p = 2 * sps.t.sf(3.5 / math.sqrt(0.5 / 3), 4)
+    assert f"| {p:.2g} / " in line_with(again, "(alpha=0.5, beta=4)")
+    summary_line = line_with(section(text, "Summary"), "Table 4:")
+    assert "**not measured**" in summary_line
+    assert (
+        "in bf16 on AMD EPYC (`" in summary_line
+        and "n 3/3: reproduces; strongest other cell (alpha=0.5, beta=4)" in summary_line
+    )
+
+
+def test_a_replication_file_of_another_setting_is_left_out_with_its_reason(tmp_path):
+    tmp = make_inputs(tmp_path, [0, 1, 2])
+    folder = replication(tmp, "fp32", {"ab_thead_atss": 0.0}, precision="fp32")
+    m = json.loads((folder / "ab_thead_atss.json").read_text())
+    m["setting"]["epochs"] = 24
+    (folder / "ab_thead_atss.json").write_text(json.dumps(m))
+    with_stats(tmp, replications=[str(folder)])
+    text = run_tabulate(tmp)
+    assert (
+        "Left out of *Other setting*: `ab_thead_atss` in " in text and "another epochs than the grid" in text
+    )
+
+
+def test_a_replication_mixing_settings_is_one_clear_error(tmp_path):
+    tmp = make_inputs(tmp_path, [0, 1, 2])
+    folder = replication(tmp, "mixed", {"ab_parallel_atss": 0.0}, precision="fp32")
+    replication(tmp, "other", {"ab_thead_atss": 0.0}, precision="bf16")
+    (tmp / "other" / "ab_thead_atss.json").rename(folder / "ab_thead_atss.json")
+    with_stats(tmp, replications=[str(folder)])
+    with pytest.raises(SystemExit) as e:
+        run_tabulate(tmp)
+    msg = str(e.value)
+    assert (
+        f"stats.replications: {str(folder)!r} mixes (precision, device)" in msg
+        and "bf16" in msg
+        and "fp32" in msg
+    )
+    assert msg.count("tabulate: error") == 1 and not (tmp / "tables.md").exists()
 
 
 def test_headline_off_the_paper_cell(tmp_path):
@@ -597,7 +663,7 @@ def test_bench_targets_reads_the_headline_and_each_main_contrast_from_summary(tw
     # seed 0: 33.5 - 30.5, seed 1: 32.5 - 29.5: the same +3.0 twice, so the paired SE is 0
     assert out[2].endswith("paired by seed (information only): Δ +3.00 ± 0.00, n 2")
     assert out[11] == "verdicts: 0 directional/equivalent verdicts, each backed by its test: met"
-    assert out[12].startswith("Table 4: 5/5 cells with a verdict (a05_b2 inconclusive,")
+    assert out[12].startswith("Table 4: the grid: 5/5 cells with a verdict (a05_b2 inconclusive,")
     assert out[12].endswith("≥ 3 seeds a cell NOT met")  # 2 seeds a cell here
     assert out[13].startswith(
         "false-verdict rate of the rule under no effect (2000 draws each): n=3 sd ratio 1: "
@@ -708,12 +774,11 @@ def test_budget_curves_are_told_apart(full_grid, monkeypatch, tmp_path):
     assert layout_problems(saved[0]) == []
 
 
-def test_a_missing_precision_check_folder_is_one_clear_error(tmp_path):
+def test_a_missing_replication_folder_is_one_clear_error(tmp_path):
     tmp = make_inputs(tmp_path, [0, 1, 2])
-    params = yaml.safe_load((tmp / "params.yaml").read_text()) | {"stats": {"precision_checks": ["no/such"]}}
-    (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with_stats(tmp, replications=["no/such"])
     with pytest.raises(SystemExit) as e:
         run_tabulate(tmp)
     msg = str(e.value)
-    assert "stats.precision_checks: 'no/such' is not a folder" in msg and msg.count("tabulate: error") == 1
+    assert "stats.replications: 'no/such' is not a folder" in msg and msg.count("tabulate: error") == 1
     assert not (tmp / "tables.md").exists()

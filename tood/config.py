@@ -397,15 +397,17 @@ class StatsConfig:
     margin_ap: the equivalence margin in AP (0-100), for AP contrasts only.
     power / ci_halfwidth_ap: what the seed plan aims at: seeds a side for `power` at the paper's delta, and for
       a 95% CI half-width <= ci_halfwidth_ap.
-    precision_checks: folders written by `python -m bench.precision --out DIR` (variants trained again in
-      another precision at the grid's seeds); a contested contrast is judged again there.
+    replications: folders of metrics files (`<variant>.json`, as evaluate_variant writes them) for some of the
+      grid's variants measured again in another setting: another precision (`python -m bench.precision
+      --out DIR`), another CPU or more seeds, with the grid's data, model and budget. Every contrast a folder
+      holds both sides of is judged again there, in its family (tood.report.results.Replication).
     """
 
     alpha: float = 0.05
     margin_ap: float = 0.5
     power: float = 0.8
     ci_halfwidth_ap: float = 1.0
-    precision_checks: tuple[str, ...] = ()
+    replications: tuple[str, ...] = ()
 
     def __post_init__(self):
         _check_range(self, "alpha", lo=0.0, hi=0.25, lo_open=True)

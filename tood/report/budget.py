@@ -28,6 +28,7 @@ from tood.report.figures import _save, loss_groups, variant_colours
 from tood.report.paper import ABLATIONS, MAIN_CONTRASTS, TABLE4_CHOSEN, Ablation
 from tood.report.results import (
     DASH,
+    UNRECORDED,
     Comparison,
     Runs,
     Stat,
@@ -35,10 +36,11 @@ from tood.report.results import (
     family_of,
     fmt_ci,
     fmt_value,
+    hardware_text,
     json_num,
     margin_for,
     md_table,
-    precision_checks,
+    replicate,
     same_test,
 )
 
@@ -47,7 +49,6 @@ MAIN_ABLATIONS = MAIN_CONTRASTS  # issue 10's five
 FIGURES = ("budget_curves.png", "budget_deltas.png")
 RISING_AP = 1.0  # a side still gaining this much AP over the curve's last interval is not at its plateau
 STABLE, DEPENDENT = "stable", "budget-dependent"
-UNRECORDED = "not recorded (metrics files from before issue 16)"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -271,23 +272,26 @@ def _alpha_beta_claim(runs: Runs) -> Claim:
     if not measured:
         return Claim(label, None, "not run", DASH, DASH)
     strongest = max(measured, key=lambda c: c.delta)
-    verdicts = {c.verdict for c in comps}
-    if verdicts == {"reproduces"}:
-        overall = "reproduces"
-    elif verdicts == {
-        "equivalent"
-    }:  # every cell within the margin of (1, 6): the choice does not matter here
-        overall = "equivalent"
-    elif "contradicts" in verdicts:
-        overall = "contradicts"
-    elif verdicts & {"not measured", "not run"}:
-        overall = "not measured"
-    else:
-        overall = "inconclusive"
+    overall = _alpha_beta_overall(comps)
     points = budget_points(strongest.ablation, runs)
     return Claim(
         label, strongest, overall, stability_text(points), _setting(runs, strongest.ablation, points)
     )
+
+
+def _alpha_beta_overall(comps: list[Comparison]) -> str:
+    """Table 4's claim from its five cells' verdicts: every cell below (1, 6) reproduces it, every cell within
+    the margin makes the choice not matter here (equivalent), any cell above it contradicts it."""
+    verdicts = {c.verdict for c in comps}
+    if verdicts == {"reproduces"}:
+        return "reproduces"
+    if verdicts == {"equivalent"}:
+        return "equivalent"
+    if "contradicts" in verdicts:
+        return "contradicts"
+    if verdicts & {"not measured", "not run"}:
+        return "not measured"
+    return "inconclusive"
 
 
 def _setting(runs: Runs, ablation: Ablation, points: list[BudgetPoint] | None) -> str:
@@ -302,27 +306,36 @@ def _setting(runs: Runs, ablation: Ablation, points: list[BudgetPoint] | None) -
     return f"`{s['dataset']}`, R-{s['depth']}, {scale}, {budget}, {n}; {hardware_text(base, treated)}"
 
 
-def hardware_text(*metrics: dict[str, Any]) -> str:
-    """e.g. "bf16 on Intel(R) Xeon(R) Processor", from the seeds' precision/device records."""
-    combos = sorted(
-        {(r.get("precision"), r.get("device")) for m in metrics for r in m["seeds"].values()}, key=str
-    )
-    if all(p is None and d is None for p, d in combos):
-        return UNRECORDED
-    return "; ".join(f"{p or '?'} on {d or 'an unrecorded device'}" for p, d in combos)
-
-
-def precision_text(comp: Comparison, runs: Runs) -> str:
-    """Whether a contrast's verdict holds when its two variants are trained again in another precision at the
-    same seeds (`stats.precision_checks`), the rest of its family as in the grid."""
-    checks = precision_checks(comp.ablation, runs) if comp.metric == "AP" else []
-    if not checks:
-        return "not measured in another precision"
+def replication_text(comp: Comparison, runs: Runs) -> str:
+    """Whether a contrast's verdict holds in each `stats.replications` folder holding both its sides."""
     parts = []
-    for label, j in checks:
+    for rep, comps in replicate(comp.ablation, runs):
+        j = next((c.judgement for c in comps if c.metric == comp.metric), None)
+        if j is None:
+            continue
         word = "holds" if j.verdict == comp.verdict else "changes"
-        parts.append(f"{word} in {label}: {fmt_ci('AP', j.test.delta, j.test.ci95)}, {j.verdict}")
-    return "; ".join(parts)
+        n = f"n {j.test.n_a}/{j.test.n_b}"
+        parts.append(
+            f"{word} in {rep.label}, {n}: {fmt_ci(comp.metric, j.test.delta, j.test.ci95)}, {j.verdict}"
+        )
+    return "; ".join(parts) or "not measured in another setting"
+
+
+def _alpha_beta_replications(runs: Runs) -> str:
+    """Table 4's claim in each replication holding every cell and the headline: its overall verdict."""
+    cells = [a for a in ABLATIONS if a.key.startswith("t4_")]
+    parts = []
+    for rep in runs.replications:
+        comps = [c for a in cells for r, cs in replicate(a, runs) if r is rep for c in cs if c.metric == "AP"]
+        if len(comps) != len(cells):
+            continue
+        strongest = max(comps, key=lambda c: c.delta)
+        ci = fmt_ci("AP", strongest.delta, strongest.test.ci95)
+        parts.append(
+            f"in {rep.label}, n {strongest.n_a}/{strongest.n_b}: {_alpha_beta_overall(comps)}; strongest "
+            f"other cell {strongest.ablation.name}: {ci}, {strongest.verdict}"
+        )
+    return "; ".join(parts) or "not measured in another setting"
 
 
 def seeds_text(comp: Comparison, runs: Runs) -> str:
@@ -359,7 +372,7 @@ def render_summary(runs: Runs) -> str:
                 f"**{c.verdict}**",
                 seeds_text(comp, runs),
                 c.budget,
-                precision_text(comp, runs),
+                _alpha_beta_replications(runs) if t4 else replication_text(comp, runs),
                 c.setting,
             ]
         )
@@ -367,7 +380,7 @@ def render_summary(runs: Runs) -> str:
     header += [
         "Seeds a side: now; 80% power; CI half-width",
         "Over the budget",
-        "Other precision",
+        "Other setting",
         "Holds for",
     ]
     cfg = runs.stats
@@ -377,12 +390,14 @@ def render_summary(runs: Runs) -> str:
         f"would need (pooled std, α/k) and what a 95% CI half-width ≤ {cfg.ci_halfwidth_ap:g} AP would "
         f"need. *Over the budget*: the same verdict at the last {BUDGET_POINTS} points of the runs' budget "
         "curves (*stable*) or not (*budget-dependent*: the verdict measures how fast each side learns at this "
-        "budget, not which design is better). *Other precision*: the contrast trained again at the same seeds "
-        "in another precision (`stats.precision_checks`), judged in the same family. Table 4's line shows "
-        "the strongest other cell, (cell) − (α=1, β=6); its verdict needs every cell measured."
+        "budget, not which design is better). *Other setting*: the contrast measured again in another precision, "
+        "CPU or seed list (`stats.replications`: its folder, the precision and CPU its runs record, n a side), "
+        "judged in the same family on that folder's seeds (the tables below list each such comparison). "
+        "Table 4's line shows the strongest other cell, (cell) − (α=1, β=6); its verdict needs every cell "
+        "measured."
     )
-    if runs.precision_skipped:
-        note += " Left out of *Other precision*: " + "; ".join(runs.precision_skipped) + "."
+    if runs.replications_skipped:
+        note += " Left out of *Other setting*: " + "; ".join(runs.replications_skipped) + "."
     return "## Summary: the paper's claims at this budget\n\n" + md_table(header, body) + "\n\n" + note
 
 

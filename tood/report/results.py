@@ -7,19 +7,18 @@ Inputs (one explicit list of variants from params.yaml, never a glob):
 Every statistic is computed here from the per-seed values (the file's mean/std are the same numbers).
 Our COCO APs are stored in [0, 1] and shown on the paper's 0-100 scale.
 
-Verdict of an ablation (treated - baseline) on one metric, issue 10 "Statistics a reviewer accepts":
-    delta = mean_b - mean_a over each side's seeds;
-    SE    = sqrt(s_a^2 / n_a + s_b^2 / n_b), s the sample std (ddof=1): Welch's standard error of a
-            difference of two independent means. It shrinks as seeds are added, unlike the spread of
-            single runs sqrt(s_a^2 + s_b^2) that this replaced, which no number of seeds could make
-            conclusive.
-    n_a < 2 or n_b < 2: SE is not measured -> "not measured", never a direction verdict;
-    |delta| > 2 SE and the paper's sign -> "reproduces"; the opposite sign -> "contradicts";
-    otherwise, or when delta rounds to zero as displayed -> "inconclusive".
+Verdict of an ablation (treated - baseline) on one metric: tood.report.stats (Welch's t and its 95% CI,
+Holm over the comparison's family of claims, paper.FAMILIES; TOST within stats.margin_ap for "equivalent").
+Fewer than 2 seeds on a side: no variance, no test ("not measured").
 Seeds are not paired across variants. The same seed gives two variants the same data order, but training
 is chaotic (issue 10: one variant, one seed, two machines: losses drift apart after step 4 and AP moves
-by ~1), so no correlation between two variants' same-seed runs is established, and a paired SE would rest
-on n - 1 degrees of freedom for nothing; Welch's needs no pairing and allows unequal seed counts.
+by ~1); bench.variance measured pairing by seed and found it helps one contrast of five, so Welch's
+unpaired test, which allows unequal seed counts, judges every one.
+
+Replications (`stats.replications`): folders holding some variants' metrics measured again in another
+setting (precision, CPU, seeds) with the grid's data, model and budget. A contrast whose two sides a folder
+holds is judged again on that folder's seeds, in its family, the family's other members taken from the
+folder where it holds both of their sides and from the grid otherwise.
 """
 
 from __future__ import annotations
@@ -51,6 +50,7 @@ SWITCHES = ("head", "assigner", "anchor", "alpha", "beta", "topk", "tap", "cls_t
 COMPLEXITY_KEYS = ("head_params", "params", "all_params", "head_gflops", "gflops")
 VERDICTS = (*stats.VERDICTS, "not run", "no paper number")
 DASH = "—"
+UNRECORDED = "not recorded (metrics files from before issue 16)"
 
 
 class ReportError(RuntimeError):
@@ -155,9 +155,8 @@ class Runs:
     stats: StatsConfig = field(
         default_factory=StatsConfig
     )  # params.yaml `stats:`: alpha, margin, seed-plan targets
-    # `stats.precision_checks`: precision label -> variant -> metrics of the same seeds in that precision
-    precision: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    precision_skipped: tuple[str, ...] = ()  # metrics there that no longer match the grid, and why
+    replications: tuple[Replication, ...] = ()  # `stats.replications`, in the order listed
+    replications_skipped: tuple[str, ...] = ()  # metrics there that no longer match the grid, and why
 
     def ours(self, row: PaperRow) -> tuple[dict[str, Any] | None, str]:
         """Our metrics for a paper row, or None and why ("not run ...") when no run sits on that row."""
@@ -205,30 +204,43 @@ def load_runs(params: dict[str, Any], metrics_dir: Path, where: str = "params.ya
         seeds[v] = cfg.seeds
     metrics = {v: _read_metrics(paths[v], v, switches[v], seeds[v], where) for v in variants}
     cfg = load_stats_config(params, where)
-    precision, skipped = {}, []
-    for folder in cfg.precision_checks:
-        label, checked, left_out = _read_precision_check(folder, metrics, switches, seeds, where)
-        precision[label] = checked
+    replications, skipped = [], []
+    for folder in cfg.replications:
+        rep, left_out = _read_replication(folder, metrics, switches, where)
+        replications.append(rep)
         skipped += left_out
-    return Runs(metrics, switches, seeds, trial_flag(params, where), cfg, precision, tuple(skipped))
+    return Runs(metrics, switches, seeds, trial_flag(params, where), cfg, tuple(replications), tuple(skipped))
 
 
-def _read_precision_check(
-    folder: str, metrics: dict[str, dict], switches: dict, seeds: dict[str, tuple[int, ...]], where: str
-) -> tuple[str, dict[str, dict], list[str]]:
-    """One `stats.precision_checks` folder (bench.precision --out): the metrics of listed variants measured in
-    the grid's setting at its seeds, the one precision they record, and why any other file there was left out
-    (another seed list or setting: after a change of params.yaml the check no longer matches the grid)."""
+@dataclass(frozen=True)
+class Replication:
+    """One `stats.replications` folder: some of the grid's variants measured again in one other setting."""
+
+    folder: str  # as listed in params.yaml
+    hardware: str  # the one precision and device its runs record, e.g. "fp32 on Intel(R) Xeon(R) Processor"
+    metrics: dict[str, dict[str, Any]]  # variant -> metrics JSON, each with its own seeds
+
+    @property
+    def label(self) -> str:
+        return f"{self.hardware} (`{self.folder}`)"
+
+
+def _read_replication(
+    folder: str, metrics: dict[str, dict], switches: dict, where: str
+) -> tuple[Replication, list[str]]:
+    """Read one `stats.replications` folder: every `<variant>.json` there of a variant the grid lists, measured
+    with the grid's switches and setting (any seeds); why any such file was left out (after a change of
+    params.yaml it no longer matches the grid). Its runs must record one precision and one device."""
     path = resolve_repo_path(folder)
     if not path.is_dir():
-        raise ReportError(f"{where}: stats.precision_checks: {folder!r} is not a folder")
+        raise ReportError(f"{where}: stats.replications: {folder!r} is not a folder")
     checked, skipped = {}, []
     for v, sw in switches.items():
         file = path / f"{v}.json"
         if not file.is_file():
             continue
         try:
-            m = _read_metrics(file, v, sw, seeds[v], where)
+            m = _read_metrics(file, v, sw, None, where)
         except ReportError as e:
             skipped.append(f"`{v}` in {folder}: {str(e).split(': ', 1)[-1]}")
             continue
@@ -237,16 +249,29 @@ def _read_precision_check(
             skipped.append(f"`{v}` in {folder}: measured with another {', '.join(other)} than the grid")
             continue
         checked[v] = m
-    labels = {r.get("precision") for m in checked.values() for r in m["seeds"].values()}
-    if len(labels) > 1 or None in labels:
+    combos = {(r.get("precision"), r.get("device")) for m in checked.values() for r in m["seeds"].values()}
+    if len(combos) > 1:
         raise ReportError(
-            f"{where}: stats.precision_checks: {folder!r} mixes precisions {sorted(map(str, labels))}: keep "
-            "one precision per folder"
+            f"{where}: stats.replications: {folder!r} mixes (precision, device) {sorted(combos, key=str)}: "
+            "keep one setting per folder"
         )
-    return (labels.pop() if labels else folder), checked, skipped
+    return Replication(folder, hardware_text(*checked.values()) if checked else "empty", checked), skipped
 
 
-def _read_metrics(path: Path, variant: str, switches: dict, seeds: tuple[int, ...], where: str) -> dict:
+def hardware_text(*metrics: dict[str, Any]) -> str:
+    """e.g. "bf16 on Intel(R) Xeon(R) Processor", from the seeds' precision/device records."""
+    combos = sorted(
+        {(r.get("precision"), r.get("device")) for m in metrics for r in m["seeds"].values()}, key=str
+    )
+    if all(p is None and d is None for p, d in combos):
+        return UNRECORDED
+    return "; ".join(f"{p or '?'} on {d or 'an unrecorded device'}" for p, d in combos)
+
+
+def _read_metrics(
+    path: Path, variant: str, switches: dict, seeds: tuple[int, ...] | None, where: str
+) -> dict:
+    """A metrics file checked against what params.yaml resolves for its variant (seeds: None, any seeds)."""
     try:
         m = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -258,7 +283,7 @@ def _read_metrics(path: Path, variant: str, switches: dict, seeds: tuple[int, ..
     absent += [f"seeds.{s}.{k}" for s, r in m.get("seeds", {}).items() for k in METRIC_KEYS if k not in r]
     if absent:
         raise ReportError(f"{path} (variant '{variant}'): missing key(s) {absent[:6]}; {stale}")
-    if sorted(m["seeds"]) != sorted(str(s) for s in seeds):
+    if seeds is not None and sorted(m["seeds"]) != sorted(str(s) for s in seeds):
         raise ReportError(
             f"{path} (variant '{variant}'): seeds {sorted(m['seeds'])} but {where} gives this variant "
             f"{list(seeds)}; {stale}"
@@ -311,8 +336,7 @@ def welch_of(ablation: Ablation, metric: str, runs: Runs) -> Welch | None:
 def judge(ablation: Ablation, metric: str, runs: Runs, substitute: dict | None = None) -> Judgement | None:
     """The comparison judged in its family (Holm over the family's measured members); None when not run.
 
-    substitute: {(ablation key, metric): Welch} replacing members' tests, e.g. the same contrast trained in
-    another precision, so that it is judged as it would have been in the grid."""
+    substitute: {(ablation key, metric): Welch} replacing members' tests: a replication's (`replicate`)."""
     family, members = family_of(ablation, metric)
     tests, deltas = {}, {}
     for a, m in members:
@@ -378,17 +402,35 @@ def compare(ablation: Ablation, runs: Runs) -> list[Comparison]:
     return out
 
 
-def precision_checks(ablation: Ablation, runs: Runs) -> list[tuple[str, Judgement]]:
-    """The ablation's AP contrast judged again on each `stats.precision_checks` folder that has both its
-    variants (the same seeds, another precision), the rest of its family as in the grid."""
+def _sides_in(ablation: Ablation, rep: Replication, runs: Runs) -> tuple[dict, dict] | None:
+    """The replication's metrics of both sides of an ablation the grid runs, or None."""
+    if runs.ours(ablation.baseline)[0] is None or runs.ours(ablation.treated)[0] is None:
+        return None
+    base, treated = rep.metrics.get(ablation.baseline.variant), rep.metrics.get(ablation.treated.variant)
+    return None if base is None or treated is None else (base, treated)
+
+
+def replicate(ablation: Ablation, runs: Runs) -> list[tuple[Replication, list[Comparison]]]:
+    """The ablation's comparisons judged again in each `stats.replications` folder holding both its sides:
+    on the folder's seeds, in the same family, whose members the folder holds both sides of are its tests
+    too (the rest as in the grid)."""
     out = []
-    for label, metrics in runs.precision.items():
-        base, treated = metrics.get(ablation.baseline.variant), metrics.get(ablation.treated.variant)
-        if base is None or treated is None:
+    for rep in runs.replications:
+        sides = _sides_in(ablation, rep, runs)
+        if sides is None:
             continue
-        a, b = stat(base, "AP"), stat(treated, "AP")
-        t = stats.welch(a.values, b.values, margin_for("AP", runs.stats))
-        out.append((label, judge(ablation, "AP", runs, substitute={(ablation.key, "AP"): t})))
+        comps = []
+        for metric in ablation.metrics:
+            substitute = {}
+            for member, m in family_of(ablation, metric)[1]:
+                pair = _sides_in(member, rep, runs)
+                if pair is not None:
+                    a, b = stat(pair[0], m), stat(pair[1], m)
+                    substitute[(member.key, m)] = stats.welch(a.values, b.values, margin_for(m, runs.stats))
+            base, treated = stat(sides[0], metric), stat(sides[1], metric)
+            judgement = judge(ablation, metric, runs, substitute)
+            comps.append(Comparison(ablation, metric, ablation.paper_delta(metric), base, treated, judgement))
+        out.append((rep, comps))
     return out
 
 
@@ -456,24 +498,53 @@ def seeds_note(variants: list[str], runs: Runs) -> str:
     return f"Ours rest on {counts[0]} to {counts[-1]} seeds; column n gives each row's count."
 
 
+COMPARISON_HEADER = ["Ablation", "Metric", "Paper Δ", "Ours Δ [95% CI]", "p / Holm p", "Family"]
+COMPARISON_HEADER += ["n (base / treated); seeds a side for 80% power", "Per seed", "Verdict"]
+
+
+def comparison_row(c: Comparison) -> list[str]:
+    """One line of a comparisons table (COMPARISON_HEADER)."""
+    key, label = c.metric, LABELS.get(c.metric, c.metric)
+    paper_d = fmt_value(key, c.paper_delta, signed=True)
+    if c.test is None or math.isnan(c.delta):
+        return [c.ablation.name, label, paper_d, *[DASH] * 5, c.verdict]
+    j = c.judgement
+    p = f"{stats.fmt_p(c.test.p)} / {stats.fmt_p(j.p_holm)}"
+    per_seed = f"{c.base.fmt_seeds()} → {c.treated.fmt_seeds()}"
+    seeds = (
+        f"{c.n_a} / {c.n_b}; {stats.fmt_seeds_needed(j.seeds_power)}"
+        if c.test.measured
+        else f"{c.n_a} / {c.n_b}"
+    )
+    return [
+        c.ablation.name,
+        label,
+        paper_d,
+        fmt_ci(key, c.delta, c.test.ci95),
+        p,
+        j.family,
+        seeds,
+        per_seed,
+        c.verdict,
+    ]
+
+
 def render_comparisons(ablations: list[Ablation], runs: Runs) -> str:
-    body = []
-    for c in (c for a in ablations for c in compare(a, runs)):
-        key, label = c.metric, LABELS.get(c.metric, c.metric)
-        paper_d = fmt_value(key, c.paper_delta, signed=True)
-        if c.test is None or math.isnan(c.delta):
-            body.append([c.ablation.name, label, paper_d, *[DASH] * 5, c.verdict])
-            continue
-        j = c.judgement
-        p = f"{stats.fmt_p(c.test.p)} / {stats.fmt_p(j.p_holm)}"
-        per_seed = f"{c.base.fmt_seeds()} → {c.treated.fmt_seeds()}"
-        seeds = (
-            f"{c.n_a} / {c.n_b}; {stats.fmt_seeds_needed(j.seeds_power)}"
-            if c.test.measured
-            else f"{c.n_a} / {c.n_b}"
-        )
-        ours = fmt_ci(key, c.delta, c.test.ci95)
-        body.append([c.ablation.name, label, paper_d, ours, p, j.family, seeds, per_seed, c.verdict])
-    header = ["Ablation", "Metric", "Paper Δ", "Ours Δ [95% CI]", "p / Holm p", "Family"]
-    header += ["n (base / treated); seeds a side for 80% power", "Per seed", "Verdict"]
-    return md_table(header, body)
+    """The comparisons table of one paper table, then the same comparisons in each replication holding them."""
+    body = [comparison_row(c) for a in ablations for c in compare(a, runs)]
+    return md_table(COMPARISON_HEADER, body) + render_replications(ablations, runs)
+
+
+def render_replications(ablations: list[Ablation], runs: Runs) -> str:
+    """Per `stats.replications` folder holding some of these ablations: their comparisons judged there
+    (`replicate`); empty when none does."""
+    out = ""
+    for rep in runs.replications:
+        comps = [c for a in ablations for r, cs in replicate(a, runs) if r is rep for c in cs]
+        if comps:
+            out += (
+                f"\n\nMeasured again in {rep.label}: the same comparisons on that folder's seeds, each judged "
+                "in its family with the folder's tests where it holds both sides.\n\n"
+                + md_table(COMPARISON_HEADER, [comparison_row(c) for c in comps])
+            )
+    return out

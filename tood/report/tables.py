@@ -33,6 +33,7 @@ from tood.report.results import (
     md_table,
     ours_only,
     render_comparisons,
+    replicate,
     seeds_note,
     stat,
 )
@@ -349,8 +350,13 @@ def build_summary(runs: Runs) -> dict[str, Any]:
             for where in ("run", "paper_config")
         }
     ablations = {a.key: {c.metric: comparison_json(c) for c in compare(a, runs)} for a in ABLATIONS}
+    for a in ABLATIONS:  # the same comparisons in each `stats.replications` folder holding both sides
+        for rep, comps in replicate(a, runs):
+            for c in comps:
+                other = {"folder": rep.folder, "setting": rep.hardware} | comparison_json(c)
+                ablations[a.key][c.metric].setdefault("replications", []).append(other)
     head = {"paper": paper.SOURCE, "ap_scale": "0-100", "trial": runs.trial}
-    head["stats"] = dataclasses.asdict(runs.stats) | {"precision_checks": list(runs.precision)}
+    head["stats"] = dataclasses.asdict(runs.stats)
     extra = {"budget": budget.summary_json(runs), "hardware": budget.hardware_text(*runs.metrics.values())}
     extra["curve_cost"] = budget.cost_json(runs)
     if extended.present(runs):  # issue 20's runs; absent from the default grid's summary
