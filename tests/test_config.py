@@ -247,5 +247,5 @@ def test_stats_defaults_are_the_committed_ones():
     from tood.config import StatsConfig, load_params, load_stats_config
 
     committed = load_stats_config(load_params(REPO / "params.yaml"))
-    assert committed == StatsConfig(replications=("bench/precision/fp32",))
+    assert committed == StatsConfig(replications=("bench/precision/fp32", "bench/alpha_beta/epyc_bf16"))
     assert load_stats_config({}) == StatsConfig()
