@@ -27,7 +27,7 @@ from scipy import stats as sps
 from tood.config import load_params
 from tood.report import stats
 from tood.report.paper import ABLATIONS
-from tood.report.results import fmt_ci, load_runs, replicate, stat
+from tood.report.results import fmt_ci, load_runs, replicated, stat
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,24 +56,23 @@ def warmup_gap(metrics: dict[str, dict]) -> float:
 
 def report(folder: str) -> str:
     runs = load_runs(load_params(REPO / "params.yaml"), REPO / "reports" / "metrics")
-    rep = next((r for r in runs.replications if r.folder == folder), None)
+    cells = [a for a in ABLATIONS if a.key.startswith("t4_")]
+    rep, rows = next(((r, cs) for r, cs in replicated(cells, runs) if r.folder == folder), (None, []))
     if rep is None:
         raise SystemExit(
-            f"bench.alpha_beta: {folder!r} is not listed under stats.replications in params.yaml"
+            f"bench.alpha_beta: {folder!r} is not listed under stats.replications in params.yaml or holds no Table 4 cell"
         )
-    cells = [a for a in ABLATIONS if a.key.startswith("t4_")]
-    rows = [[a, *next(cs for r, cs in replicate(a, runs) if r is rep)] for a in cells]
     head = stat(rep.metrics["tood"], "AP")
     lines = [
         f"Setting: {rep.label}. Headline (alpha=1, beta=6): AP {head.fmt()} (per seed {head.fmt_seeds()})."
     ]
     header = "| cell | AP | per seed | Δ vs (1, 6) [95% CI], Welch | Holm p | verdict (tables.md) | paired Δ [95% CI] "
     lines += ["", header + "| paired p / Holm p |", "|---|---:|---|---:|---:|---|---:|---:|"]
-    paired_p = [paired(list(c.base.values), list(c.treated.values)) for _, c in rows]
+    paired_p = [paired(list(c.base.values), list(c.treated.values)) for c in rows]
     holm = stats.holm([p for _, _, p, _ in paired_p])
-    for (a, c), (d, ci, p, df), ph in zip(rows, paired_p, holm):
+    for c, (d, ci, p, df), ph in zip(rows, paired_p, holm):
         lines.append(
-            f"| {a.treated.variant} | {c.treated.fmt()} | {c.treated.fmt_seeds()} | {fmt_ci('AP', c.delta, c.test.ci95)} | "
+            f"| {c.ablation.treated.variant} | {c.treated.fmt()} | {c.treated.fmt_seeds()} | {fmt_ci('AP', c.delta, c.test.ci95)} | "
             f"{stats.fmt_p(c.judgement.p_holm)} | {c.verdict} | {fmt_ci('AP', d, ci)} ({df} df) | "
             f"{stats.fmt_p(p)} / {stats.fmt_p(ph)} |"
         )

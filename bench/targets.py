@@ -72,18 +72,22 @@ def verdicts_line(summary: dict) -> tuple[str, bool]:
     inside ±margin (AP)."""
     alpha, margin = summary["stats"]["alpha"], summary["stats"]["margin_ap"]
     bad, counted = [], 0
-    for key, per_metric in summary["ablations"].items():
-        for metric, grid in per_metric.items():
-            # the grid's comparison and the same one in each `stats.replications` folder
-            for c, where in [(grid, ""), *((r, f" in {r['folder']}") for r in grid.get("replications", []))]:
-                if c["verdict"] in ("reproduces", "contradicts"):
-                    counted += 1
-                    if not (c["p_holm"] < alpha and (c["ci95"][0] > 0 or c["ci95"][1] < 0)):
-                        bad.append(f"{key}/{metric}{where}")
-                elif c["verdict"] == "equivalent":
-                    counted += 1
-                    if not (-margin < c["ci90"][0] and c["ci90"][1] < margin):
-                        bad.append(f"{key}/{metric}{where}")
+    # the grid's comparisons and the same ones in each `stats.replications` folder
+    every = [
+        (c, f"{key}/{metric}{where}")
+        for key, per_metric in summary["ablations"].items()
+        for metric, grid in per_metric.items()
+        for c, where in [(grid, ""), *((r, f" in {r['folder']}") for r in grid.get("replications", []))]
+    ]
+    for c, name in every:
+        if c["verdict"] in ("reproduces", "contradicts"):
+            counted += 1
+            if not (c["p_holm"] < alpha and (c["ci95"][0] > 0 or c["ci95"][1] < 0)):
+                bad.append(name)
+        elif c["verdict"] == "equivalent":
+            counted += 1
+            if not (-margin < c["ci90"][0] and c["ci90"][1] < margin):
+                bad.append(name)
     met = not bad
     text = f"verdicts: {counted} directional/equivalent verdicts, each backed by its test: {'met' if met else 'NOT met: ' + ', '.join(bad)}"
     return text, met

@@ -41,6 +41,7 @@ from tood.report.results import (
     margin_for,
     md_table,
     replicate,
+    replicated,
     same_test,
 )
 
@@ -325,8 +326,8 @@ def _alpha_beta_replications(runs: Runs) -> str:
     """Table 4's claim in each replication holding every cell and the headline: its overall verdict."""
     cells = [a for a in ABLATIONS if a.key.startswith("t4_")]
     parts = []
-    for rep in runs.replications:
-        comps = [c for a in cells for r, cs in replicate(a, runs) if r is rep for c in cs if c.metric == "AP"]
+    for rep, comps in replicated(cells, runs):
+        comps = [c for c in comps if c.metric == "AP"]
         if len(comps) != len(cells):
             continue
         strongest = max(comps, key=lambda c: c.delta)

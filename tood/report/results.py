@@ -434,6 +434,16 @@ def replicate(ablation: Ablation, runs: Runs) -> list[tuple[Replication, list[Co
     return out
 
 
+def replicated(ablations: list[Ablation], runs: Runs) -> list[tuple[Replication, list[Comparison]]]:
+    """Each `stats.replications` folder holding some of these ablations, with their comparisons judged there
+    (`replicate`), in the order of the ablations."""
+    by_folder: dict[str, list[Comparison]] = {rep.folder: [] for rep in runs.replications}
+    for a in ablations:
+        for rep, comps in replicate(a, runs):
+            by_folder[rep.folder] += comps
+    return [(rep, by_folder[rep.folder]) for rep in runs.replications if by_folder[rep.folder]]
+
+
 def comparison_json(c: Comparison) -> dict[str, Any]:
     """One comparison's numbers for summary.json: Δ, SE, df, CI, p, Holm p, TOST, n, seed plan, verdict."""
     out = {"paper_delta": json_num(c.paper_delta), "delta": json_num(c.delta), "se": json_num(c.se)}
@@ -538,13 +548,9 @@ def render_comparisons(ablations: list[Ablation], runs: Runs) -> str:
 def render_replications(ablations: list[Ablation], runs: Runs) -> str:
     """Per `stats.replications` folder holding some of these ablations: their comparisons judged there
     (`replicate`); empty when none does."""
-    out = ""
-    for rep in runs.replications:
-        comps = [c for a in ablations for r, cs in replicate(a, runs) if r is rep for c in cs]
-        if comps:
-            out += (
-                f"\n\nMeasured again in {rep.label}: the same comparisons on that folder's seeds, each judged "
-                "in its family with the folder's tests where it holds both sides.\n\n"
-                + md_table(COMPARISON_HEADER, [comparison_row(c) for c in comps])
-            )
-    return out
+    return "".join(
+        f"\n\nMeasured again in {rep.label}: the same comparisons on that folder's seeds, each judged in its "
+        "family with the folder's tests where it holds both sides.\n\n"
+        + md_table(COMPARISON_HEADER, [comparison_row(c) for c in comps])
+        for rep, comps in replicated(ablations, runs)
+    )

@@ -28,6 +28,7 @@ from tood.report.results import (
     compare,
     comparison_json,
     fmt_value,
+    hardware_text,
     json_num,
     load_runs,
     md_table,
@@ -357,7 +358,7 @@ def build_summary(runs: Runs) -> dict[str, Any]:
                 ablations[a.key][c.metric].setdefault("replications", []).append(other)
     head = {"paper": paper.SOURCE, "ap_scale": "0-100", "trial": runs.trial}
     head["stats"] = dataclasses.asdict(runs.stats)
-    extra = {"budget": budget.summary_json(runs), "hardware": budget.hardware_text(*runs.metrics.values())}
+    extra = {"budget": budget.summary_json(runs), "hardware": hardware_text(*runs.metrics.values())}
     extra["curve_cost"] = budget.cost_json(runs)
     if extended.present(runs):  # issue 20's runs; absent from the default grid's summary
         extra["extended"] = extended.summary_json(runs)
